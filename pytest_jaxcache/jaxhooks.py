@@ -1,0 +1,391 @@
+"""The only module that touches JAX.
+
+It applies the cache configuration through ``jax.config``, installs our
+:class:`~pytest_jaxcache.store.Store` behind JAX's private cache seam, and registers
+``jax.monitoring`` listeners. Every private name it uses is feature-detected first; when
+JAX is not shaped as expected it leaves JAX's own file store in place and says why.
+
+Nothing here initialises a backend, creates an array, logs or warns at install time:
+user suites assert all of those.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import pathlib
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from pytest_jaxcache.recorder import Recorder
+from pytest_jaxcache.settings import Settings
+from pytest_jaxcache.store import Store
+
+OUR_STORE = "pytest-jaxcache store"
+JAX_STORE = "JAX's file store"
+
+# JAX's own wording (jax._src.compiler) when reading or writing an entry fails.
+_CACHE_WARNINGS = (
+    "Error reading persistent compilation cache entry",
+    "Error writing persistent compilation cache entry",
+)
+
+# Config values that change every program, and so every key, when they change.
+_KEY_CONFIG = (
+    "jax_enable_x64",
+    "jax_default_matmul_precision",
+    "jax_persistent_cache_enable_xla_caches",
+    "jax_compilation_cache_include_metadata_in_key",
+)
+
+
+class JaxMissing(RuntimeError):
+    """The cache was asked for but JAX cannot be imported."""
+
+
+def version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _import_jax() -> ModuleType:
+    if importlib.util.find_spec("jax") is None:
+        raise JaxMissing("JAX is not installed (pip install jax)")
+    try:
+        import jax
+    except Exception as error:  # a broken install: say so once, plainly
+        raise JaxMissing(f"JAX failed to import: {type(error).__name__}: {error}") from error
+    return jax
+
+
+@dataclass
+class _Seam:
+    """The private JAX names we rely on, found by :func:`_find_seam`."""
+
+    compilation_cache: ModuleType
+    compiler: ModuleType
+    cache_interface: type
+
+
+def _find_seam() -> tuple[_Seam | None, str]:
+    """Locate JAX's cache seam; on failure return why, for the fallback notice."""
+    try:
+        from jax._src import compilation_cache, compiler
+    except ImportError as error:
+        return None, f"cannot import jax._src.compilation_cache/compiler ({error})"
+    interface = getattr(compilation_cache, "CacheInterface", None)
+    checks = {
+        "compilation_cache.get_file_cache": callable(
+            getattr(compilation_cache, "get_file_cache", None)
+        ),
+        "compilation_cache.reset_cache": callable(getattr(compilation_cache, "reset_cache", None)),
+        "compilation_cache._cache": hasattr(compilation_cache, "_cache"),
+        "compilation_cache.CacheInterface": isinstance(interface, type)
+        and callable(getattr(interface, "get", None))
+        and callable(getattr(interface, "put", None)),
+        "compiler.compile_or_get_cached": callable(
+            getattr(compiler, "compile_or_get_cached", None)
+        ),
+    }
+    missing = [name for name, ok in checks.items() if not ok]
+    if missing:
+        return None, "JAX internals not as expected: " + ", ".join(missing)
+    assert isinstance(interface, type)
+    return _Seam(compilation_cache, compiler, interface), ""
+
+
+class _CacheWarnings:
+    """Stands in for the ``warnings`` module inside ``jax._src.compiler``: JAX's cache
+    read/write warnings are counted for the report instead of raised, so that
+    ``-W error`` never turns a cache problem into a failed test. Other warnings pass."""
+
+    def __init__(self, real: ModuleType, recorder: Recorder) -> None:
+        self._real = real
+        self._recorder = recorder
+
+    def warn(self, message: Any, category: Any = None, stacklevel: int = 1, *args: Any) -> None:
+        text = str(message)
+        if text.startswith(_CACHE_WARNINGS):
+            self._recorder.note_cache_warning(text)
+            return
+        self._real.warn(message, category, stacklevel + 1, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@dataclass
+class Installation:
+    """What :func:`install` changed in this process, and how to undo it."""
+
+    store_kind: str
+    notices: list[str] = field(default_factory=list)
+    jax_version: str | None = None
+    jaxlib_version: str | None = None
+    # Called once, inside the first compile that reaches our store (a backend exists).
+    on_first_compile: Callable[[], None] | None = None
+    _undo: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def ours(self) -> bool:
+        return self.store_kind == OUR_STORE
+
+    def uninstall(self) -> None:
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except Exception:  # noqa: BLE001 - best effort at interpreter teardown
+                pass
+
+
+_compile_state = threading.local()
+
+
+def _patch(installation: Installation, owner: Any, name: str, value: Any) -> None:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    installation._undo.append(lambda: setattr(owner, name, original))
+
+
+def install(
+    settings: Settings,
+    store: Store | None,
+    recorder: Recorder,
+    *,
+    use_our_store: bool = True,
+) -> Installation:
+    """Configure JAX's persistent cache for this process. ``store`` is ``None`` when the
+    cache directory could not be used: then only the listeners are installed."""
+    jax = _import_jax()
+    installation = Installation(
+        store_kind=JAX_STORE, jax_version=version("jax"), jaxlib_version=version("jaxlib")
+    )
+    seam, why_not = _find_seam()
+    ours = store is not None and use_our_store and seam is not None
+    if store is not None and use_our_store and seam is None:
+        installation.notices.append(f"{why_not}; using {JAX_STORE} (no atomic writes)")
+
+    if store is not None:
+        updates: dict[str, Any] = {
+            "jax_enable_compilation_cache": True,
+            "jax_compilation_cache_dir": str(store.root),
+            "jax_persistent_cache_min_compile_time_secs": settings.min_compile_time_secs,
+            "jax_persistent_cache_min_entry_size_bytes": settings.min_entry_size_bytes,
+            "jax_persistent_cache_enable_xla_caches": settings.xla_caches,
+            # Our store evicts once per session; JAX's would lock and scan on every write.
+            "jax_compilation_cache_max_size": -1
+            if ours or settings.max_size_bytes is None
+            else settings.max_size_bytes,
+        }
+        for name, value in updates.items():
+            _update_config(jax, installation, name, value)
+
+    if seam is not None:
+        if ours:
+            assert store is not None
+            installation.store_kind = OUR_STORE
+            _install_store(installation, seam, store, recorder)
+        _patch(
+            installation,
+            seam.compiler,
+            "warnings",
+            _CacheWarnings(warnings, recorder),
+        )
+        if store is not None:
+            _reset_jax_cache(seam)  # a cache initialised before us (unlikely) is dropped
+
+    _register_listeners(jax, installation, recorder)
+    return installation
+
+
+def _update_config(jax: ModuleType, installation: Installation, name: str, value: Any) -> None:
+    try:
+        old = getattr(jax.config, name)
+    except AttributeError:
+        installation.notices.append(f"this JAX has no {name}: left as is")
+        return
+    if old == value:
+        return
+    jax.config.update(name, value)
+    installation._undo.append(lambda: jax.config.update(name, old))
+
+
+def _install_store(installation: Installation, seam: _Seam, store: Store, recorder: Recorder) -> None:
+    adapter = _adapter_class(seam.cache_interface)(store, recorder, installation)
+    original_get_file_cache = seam.compilation_cache.get_file_cache
+    root = os.path.realpath(store.root)
+
+    def get_file_cache(path: str) -> Any:
+        if os.path.realpath(path) != root:  # a test pointed JAX elsewhere: leave it be
+            return original_get_file_cache(path)
+        verification = getattr(seam.compilation_cache, "VerificationCache", None)
+        from jax._src import config as jax_config
+
+        check = getattr(jax_config, "compilation_cache_check_contents", None)
+        if verification is not None and check is not None and check.value:
+            return verification(adapter), path
+        return adapter, path
+
+    _patch(installation, seam.compilation_cache, "get_file_cache", get_file_cache)
+
+    original_compile = seam.compiler.compile_or_get_cached
+
+    @functools.wraps(original_compile)
+    def compile_or_get_cached(*args: Any, **kwargs: Any) -> Any:
+        _compile_state.started = time.perf_counter()
+        try:
+            return original_compile(*args, **kwargs)
+        finally:
+            _compile_state.started = None
+            store.release_claims()
+
+    _patch(installation, seam.compiler, "compile_or_get_cached", compile_or_get_cached)
+
+
+def _adapter_class(interface: type) -> type:
+    class StoreCache(interface):  # type: ignore[misc, valid-type]
+        """JAX's CacheInterface over our Store; records hit compile times."""
+
+        def __init__(self, store: Store, recorder: Recorder, installation: Installation) -> None:
+            self._store = store
+            self._recorder = recorder
+            self._installation = installation
+            self._path = pathlib.Path(store.root)
+
+        def _first_use(self) -> None:
+            hook, self._installation.on_first_compile = self._installation.on_first_compile, None
+            if hook is not None:
+                try:
+                    hook()
+                except Exception as error:  # noqa: BLE001 - never break the compile
+                    self._store.stats.note(f"fingerprint: {type(error).__name__}: {error}")
+
+        def get(self, key: str) -> bytes | None:
+            self._first_use()
+            entry = self._store.get(key)
+            if entry is None:
+                return None
+            self._recorder.note_stored_compile_secs(entry.compile_secs)
+            return entry.payload
+
+        def put(self, key: str, value: bytes) -> None:
+            started = getattr(_compile_state, "started", None)
+            secs = None if started is None else time.perf_counter() - started
+            self._store.put(key, bytes(value), secs)
+
+    return StoreCache
+
+
+def _reset_jax_cache(seam: _Seam) -> None:
+    """``reset_cache()`` without its INFO log line (suites assert ``caplog`` is empty)."""
+    logger = logging.getLogger(seam.compilation_cache.__name__)
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        seam.compilation_cache.reset_cache()
+    finally:
+        logger.disabled = disabled
+
+
+def _register_listeners(jax: ModuleType, installation: Installation, recorder: Recorder) -> None:
+    monitoring = jax.monitoring
+    monitoring.register_event_listener(recorder.on_event)
+    monitoring.register_event_duration_secs_listener(recorder.on_duration)
+    unregister_event = getattr(monitoring, "unregister_event_listener", None)
+    unregister_duration = getattr(monitoring, "unregister_event_duration_listener", None)
+    if unregister_event is not None:
+        installation._undo.append(lambda: unregister_event(recorder.on_event))
+    if unregister_duration is not None:
+        installation._undo.append(lambda: unregister_duration(recorder.on_duration))
+
+
+@contextmanager
+def persistent_cache_disabled() -> Iterator[None]:
+    """Really bypass the persistent cache: JAX computes no key, looks nothing up and
+    writes nothing. Flipping the config alone does nothing once the cache is
+    initialised, so JAX's cache state is reset on the way in and out."""
+    import jax
+
+    seam, _ = _find_seam()
+    previous = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    if seam is not None:
+        _reset_jax_cache(seam)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", previous)
+        if seam is not None:
+            _reset_jax_cache(seam)
+
+
+def clear_in_memory_caches() -> None:
+    """Drop every traced and compiled program held in memory (public API)."""
+    import jax
+
+    jax.clear_caches()
+
+
+def fingerprint() -> dict[str, str]:
+    """What goes into every cache key besides the program itself. Comparing two
+    sessions' fingerprints names why all of an earlier session's keys changed."""
+    from jax import config as jax_config
+
+    result = {
+        "jaxlib": version("jaxlib") or "?",
+        "jax": version("jax") or "?",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "LIBTPU_INIT_ARGS": os.environ.get("LIBTPU_INIT_ARGS", ""),
+    }
+    for name in _KEY_CONFIG:
+        result[name] = str(getattr(jax_config, name, "?"))
+    try:
+        from jax._src import compilation_cache
+
+        zstd = getattr(compilation_cache, "zstd", None) or getattr(
+            compilation_cache, "zstandard", None
+        )
+        result["compression"] = "zstandard" if zstd is not None else "zlib"
+    except ImportError:
+        pass
+    result.update(_backend_fingerprint())
+    return result
+
+
+def _backend_fingerprint() -> dict[str, str]:
+    """Platform facts, read only from backends the tests already initialised."""
+    try:
+        from jax._src import xla_bridge
+
+        backends = dict(getattr(xla_bridge, "_backends", {}))
+    except ImportError:
+        return {}
+    result = {}
+    for name, backend in sorted(backends.items()):
+        result[f"backend {name}"] = f"{backend.platform} {backend.platform_version}".strip()
+    if "cpu" in backends:
+        result["cpu features"] = _cpu_features()
+    return result
+
+
+def _cpu_features() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+    except OSError:
+        pass
+    return "?"

@@ -1,0 +1,234 @@
+"""pytest hooks: options, ini keys, markers and wiring. The work happens elsewhere."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_jaxcache import jaxhooks, report, settings
+from pytest_jaxcache.recorder import Recorder
+from pytest_jaxcache.session import CacheSession, write_json
+
+SESSION = pytest.StashKey[CacheSession]()
+REPORT = pytest.StashKey[dict[str, Any]]()
+
+MARKERS = {
+    "jax_errors": "the test switches on runtime error checks that use host callbacks "
+    "(jax.debug.callback, io_callback, equinox.error_if); its programs are accounted "
+    "apart from the cachable rest.",
+    "jax_no_cache": "run this test with JAX's persistent compilation cache bypassed "
+    "(no lookup, no write).",
+}
+
+_HELP = {
+    settings.DIR: "directory of the shared JAX compilation cache; empty disables "
+    "(ini jax_cache_dir, env JAX_COMPILATION_CACHE_DIR)",
+    settings.MIN_COMPILE_TIME: "write programs that compiled in at least this many seconds "
+    "(default 0: every program)",
+    settings.MIN_ENTRY_SIZE: "write entries of at least this many bytes (default -1: no minimum)",
+    settings.MAX_SIZE: f"size cap enforced at session end by LRU eviction, e.g. 500MB, 2GiB, "
+    f"none (default {settings.DEFAULT_MAX_SIZE})",
+    settings.PRUNE_AFTER: "remove entries unused for this many sessions (default: never)",
+    settings.MODE: "readwrite (default) or readonly: serve hits, never write or evict",
+    settings.XLA_CACHES: "value of jax_persistent_cache_enable_xla_caches (default none: keys "
+    "independent of the cache path; 'all' enables the GPU autotune/kernel caches)",
+    settings.LOCK_TIMEOUT: "seconds to wait for another process compiling the same program "
+    f"(default {settings.DEFAULT_LOCK_TIMEOUT:g})",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("jaxcache", "JAX persistent compilation cache (pytest-jaxcache)")
+    for option, help_text in _HELP.items():
+        dest = option.ini
+        group.addoption(option.cli, action="store", dest=dest, default=None, help=help_text)
+        parser.addini(option.ini, help_text, default=None)
+    group.addoption(
+        "--jax-cache-durations",
+        type=int,
+        default=10,
+        metavar="N",
+        help="show the N slowest-compiling test phases (0: all, -1: none; default 10)",
+    )
+    group.addoption(
+        "--jax-cache-report",
+        metavar="PATH",
+        default=None,
+        help="write the session's compile report as JSON to PATH",
+    )
+    group.addoption(
+        "--jax-cache-store",
+        choices=("pytest-jaxcache", "jax"),
+        default="pytest-jaxcache",
+        help="pytest-jaxcache: atomic, locked, bounded store (default); jax: JAX's own files",
+    )
+
+
+def _early_option(config: pytest.Config, dest: str) -> Any:
+    """Options are only parsed into ``known_args_namespace`` when initial conftests load."""
+    return getattr(config.known_args_namespace, dest, None)
+
+
+def _raw(config: pytest.Config) -> dict[settings.Option, settings.Raw]:
+    raw = {}
+    for option in settings.ALL_OPTIONS:
+        cli = _early_option(config, option.ini)
+        ini = config.getini(option.ini)
+        env = os.environ.get(option.env) if option.env else None
+        raw[option] = settings.Raw(cli, ini if isinstance(ini, str) else None, env)
+    return raw
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Configure JAX before any conftest can import it and compile."""
+    config = early_config
+    try:
+        resolved = settings.resolve(
+            _raw(config),
+            rootpath=config.rootpath,
+            invocation_dir=config.invocation_params.dir,
+        )
+    except settings.SettingsError as error:
+        raise pytest.UsageError(f"pytest-jaxcache: {error}") from None
+    if not resolved.enabled:
+        return
+    session = CacheSession(
+        settings=resolved,
+        recorder=Recorder(),
+        use_our_store=_early_option(config, "jax_cache_store") != "jax",
+    )
+    try:
+        session.start()
+    except jaxhooks.JaxMissing as error:
+        raise pytest.UsageError(
+            f"pytest-jaxcache: {resolved.dir_source} asks for a JAX compilation cache, "
+            f"but {error}. Install JAX, or run with -p no:jaxcache."
+        ) from None
+    config.stash[SESSION] = session
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+    session = config.stash.get(SESSION, None)
+    if session is None:
+        return
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        session.become_worker(str(workerinput.get("workerid", "?")), workerinput.get("jaxcache"))
+    else:
+        session.measure_before()
+    if config.pluginmanager.hasplugin("xdist"):
+        from pytest_jaxcache.xdist import XdistHooks
+
+        config.pluginmanager.register(XdistHooks(session), "jaxcache-xdist")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION, None)
+    if session is not None:
+        session.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    session = config.stash.get(SESSION, None)
+    if session is None:
+        return None
+    installation = session.installation
+    store = installation.store_kind if installation and session.store else "no store"
+    lines = [
+        f"jaxcache: {session.settings.cache_dir} (from {session.settings.dir_source}), "
+        f"{store}, {session.mode.value}"
+    ]
+    lines += [f"jaxcache: notice: {notice}" for notice in session.notices]
+    return lines
+
+
+def _markers(item: pytest.Item) -> list[str]:
+    return [name for name in MARKERS if item.get_closest_marker(name) is not None]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    session = item.config.stash.get(SESSION, None)
+    if session is None or item.get_closest_marker("jax_no_cache") is None:
+        return (yield)
+    session.recorder.set_bypassed(True)
+    try:
+        with jaxhooks.persistent_cache_disabled():
+            return (yield)
+    finally:
+        session.recorder.set_bypassed(False)
+
+
+def _phase(item: pytest.Item, phase: str) -> Generator[None, None, None]:
+    session = item.config.stash.get(SESSION, None)
+    if session is None:
+        yield
+        return
+    session.recorder.begin(item.nodeid, phase, _markers(item))
+    try:
+        yield
+    finally:
+        session.recorder.end()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    yield from _phase(item, "setup")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    yield from _phase(item, "call")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    yield from _phase(item, "teardown")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    state = config.stash.get(SESSION, None)
+    if state is None:
+        return
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["jaxcache"] = state.worker_output()
+        return
+    state.finish()
+    data = state.build_report(_worker_misses(state))
+    config.stash[REPORT] = data
+    path = config.getoption("jax_cache_report")
+    if path:
+        write_json(Path(config.invocation_params.dir, path), data)
+
+
+def _worker_misses(state: CacheSession) -> list[dict[str, str]]:
+    misses: list[dict[str, str]] = []
+    for info in state.recorder.workers.values():
+        misses.extend(info.get("misses", []))
+    return misses
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    data = config.stash.get(REPORT, None)
+    if data is None:
+        return
+    verbosity = config.get_verbosity()
+    lines = report.render(
+        data, verbosity=verbosity, durations=config.getoption("jax_cache_durations")
+    )
+    if verbosity < 0:
+        for line in lines:
+            terminalreporter.write_line(line)
+        return
+    terminalreporter.write_sep("=", "jax compilation cache")
+    for line in lines:
+        terminalreporter.write_line(line)

@@ -1,0 +1,261 @@
+"""Per-test accounting: turns JAX's monitoring events into one record per compile.
+
+JAX emits, for one compile: ``compile_requests_use_cache`` (a lookup), then either
+``cache_hits`` or, when it writes the program, ``cache_misses``; and finally
+``backend_compile_duration`` with the program's name, which wraps the lookup, the
+compile and the write. Cache events carry no name, so they are kept per thread until
+that closing event. A lookup with neither hit nor write is an *uncachable* compile
+(host callbacks, or a threshold); a compile with no lookup ran with the cache off.
+
+Listeners run inside the user's compile: :meth:`Recorder.on_event` and
+:meth:`Recorder.on_duration` swallow every exception (and count it) rather than raise.
+
+All state is plain builtins so that xdist can ship it from workers to the controller.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+REQUEST_EVENT = "/jax/compilation_cache/compile_requests_use_cache"
+HIT_EVENT = "/jax/compilation_cache/cache_hits"
+WRITE_EVENT = "/jax/compilation_cache/cache_misses"
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+HIT = "hit"
+MISS = "miss"  # cachable: compiled, then written (or the write was attempted)
+UNCACHABLE = "uncachable"  # looked up, compiled, never written
+UNCACHED = "uncached"  # compiled with the persistent cache off
+OUTCOMES = (HIT, MISS, UNCACHABLE, UNCACHED)
+
+PHASES = ("setup", "call", "teardown")
+OUTSIDE_TESTS = "<outside tests>"  # conftest/module import, collection, session fixtures
+OUTSIDE_PHASE = "collect"
+
+
+@dataclass
+class Counts:
+    """Compile figures of one test phase (or of a whole session, when summed)."""
+
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    uncachable: int = 0
+    uncached: int = 0
+    compile_secs: float = 0.0  # backend time of compiles that did real work
+    retrieval_secs: float = 0.0  # backend time of hits: read and deserialise
+    saved_secs: float = 0.0  # recorded compile time of hit programs, less retrieval
+    saved_unknown: int = 0  # hits whose original compile time is not known
+    trace_secs: float = 0.0
+    lower_secs: float = 0.0
+
+    def add(self, other: Counts) -> None:
+        for item in fields(self):
+            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+
+    @property
+    def compiles(self) -> int:
+        return self.hits + self.misses + self.uncachable + self.uncached
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Counts:
+        names = {item.name for item in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class CompileRecord:
+    """One program that went through the backend compile path."""
+
+    name: str
+    outcome: str
+    secs: float
+    test: str
+    phase: str
+    worker: str = ""
+
+
+@dataclass
+class TestRecord:
+    nodeid: str
+    phases: dict[str, Counts] = field(default_factory=dict)
+    markers: list[str] = field(default_factory=list)
+    worker: str = ""
+
+    def total(self) -> Counts:
+        total = Counts()
+        for counts in self.phases.values():
+            total.add(counts)
+        return total
+
+
+@dataclass
+class _Pending:
+    """Cache events of the compile now running in one thread."""
+
+    requested: bool = False
+    hit: bool = False
+    written: bool = False
+    stored_compile_secs: float | None = None
+    trace_secs: float = 0.0
+    lower_secs: float = 0.0
+
+
+class Recorder:
+    """Collects compile records for one process; merges records from xdist workers."""
+
+    def __init__(self, worker: str = "") -> None:
+        self.worker = worker
+        self.tests: dict[str, TestRecord] = {}
+        self.compiles: list[CompileRecord] = []
+        self.cache_warnings: list[str] = []
+        self.listener_errors: list[str] = []
+        self.lost_workers: list[str] = []
+        self.workers: dict[str, dict[str, Any]] = {}
+        self._context = (OUTSIDE_TESTS, OUTSIDE_PHASE)
+        self._bypassed = False
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    # -- context, set by the pytest hooks -------------------------------------------------
+
+    def begin(self, nodeid: str, phase: str, markers: list[str] | None = None) -> None:
+        record = self._test(nodeid)
+        if markers:
+            record.markers = sorted(set(record.markers) | set(markers))
+        self._context = (nodeid, phase)
+
+    def end(self) -> None:
+        self._context = (OUTSIDE_TESTS, OUTSIDE_PHASE)
+
+    def set_bypassed(self, bypassed: bool) -> None:
+        """While bypassed, compiles count as uncached whatever JAX reports."""
+        self._bypassed = bypassed
+
+    def _test(self, nodeid: str) -> TestRecord:
+        record = self.tests.get(nodeid)
+        if record is None:
+            record = self.tests[nodeid] = TestRecord(nodeid, worker=self.worker)
+        return record
+
+    def _counts(self) -> tuple[Counts, str, str]:
+        nodeid, phase = self._context
+        phases = self._test(nodeid).phases
+        counts = phases.get(phase)
+        if counts is None:
+            counts = phases[phase] = Counts()
+        return counts, nodeid, phase
+
+    # -- JAX monitoring listeners (must never raise) ----------------------------------------
+
+    def _pending(self) -> _Pending:
+        pending: _Pending | None = getattr(self._local, "pending", None)
+        if pending is None:
+            pending = self._local.pending = _Pending()
+        return pending
+
+    def on_event(self, event: str, **kwargs: Any) -> None:
+        try:
+            if event == REQUEST_EVENT:
+                self._pending().requested = True
+            elif event == HIT_EVENT:
+                self._pending().hit = True
+            elif event == WRITE_EVENT:
+                self._pending().written = True
+        except Exception as error:  # noqa: BLE001 - never break the user's compile
+            self._listener_failed(error)
+
+    def on_duration(self, event: str, duration: float, **kwargs: Any) -> None:
+        try:
+            if event == BACKEND_COMPILE_EVENT:
+                self._close_compile(str(kwargs.get("fun_name", "?")), float(duration))
+            elif event == TRACE_EVENT:
+                with self._lock:
+                    self._counts()[0].trace_secs += float(duration)
+            elif event == LOWER_EVENT:
+                with self._lock:
+                    self._counts()[0].lower_secs += float(duration)
+        except Exception as error:  # noqa: BLE001 - never break the user's compile
+            self._listener_failed(error)
+
+    def note_stored_compile_secs(self, secs: float | None) -> None:
+        """Our store read a hit whose original compile took ``secs``."""
+        self._pending().stored_compile_secs = secs
+
+    def note_cache_warning(self, message: str) -> None:
+        """JAX warned about a cache read or write; we counted it instead."""
+        with self._lock:
+            nodeid, phase = self._context
+            self.cache_warnings.append(f"{nodeid} ({phase}): {message}")
+
+    def _listener_failed(self, error: Exception) -> None:
+        if len(self.listener_errors) < 10:
+            self.listener_errors.append(f"{type(error).__name__}: {error}")
+
+    def _close_compile(self, name: str, secs: float) -> None:
+        pending = self._pending()
+        self._local.pending = None
+        if self._bypassed or not pending.requested:
+            outcome = UNCACHED
+        elif pending.hit:
+            outcome = HIT
+        elif pending.written:
+            outcome = MISS
+        else:
+            outcome = UNCACHABLE
+        with self._lock:
+            counts, nodeid, phase = self._counts()
+            if outcome != UNCACHED:
+                counts.requests += 1
+            if outcome == HIT:
+                counts.hits += 1
+                counts.retrieval_secs += secs
+                if pending.stored_compile_secs is None:
+                    counts.saved_unknown += 1
+                else:
+                    counts.saved_secs += max(0.0, pending.stored_compile_secs - secs)
+            else:
+                counts.compile_secs += secs
+                if outcome == MISS:
+                    counts.misses += 1
+                elif outcome == UNCACHABLE:
+                    counts.uncachable += 1
+                else:
+                    counts.uncached += 1
+            self.compiles.append(CompileRecord(name, outcome, secs, nodeid, phase, self.worker))
+
+    # -- xdist --------------------------------------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """Everything, as plain builtins (for ``config.workeroutput``)."""
+        return {
+            "tests": [
+                {
+                    "nodeid": t.nodeid,
+                    "markers": t.markers,
+                    "phases": {p: asdict(c) for p, c in t.phases.items()},
+                }
+                for t in self.tests.values()
+            ],
+            "compiles": [asdict(c) for c in self.compiles],
+            "cache_warnings": list(self.cache_warnings),
+            "listener_errors": list(self.listener_errors),
+        }
+
+    def merge(self, worker: str, data: dict[str, Any], extra: dict[str, Any]) -> None:
+        """Fold a worker's :meth:`export` into this (controller) recorder."""
+        for item in data.get("tests", []):
+            record = self._test(item["nodeid"])
+            record.worker = worker
+            record.markers = sorted(set(record.markers) | set(item.get("markers", [])))
+            for phase, counts in item.get("phases", {}).items():
+                record.phases.setdefault(phase, Counts()).add(Counts.from_dict(counts))
+        for compile_ in data.get("compiles", []):
+            self.compiles.append(CompileRecord(**{**compile_, "worker": worker}))
+        self.cache_warnings.extend(data.get("cache_warnings", []))
+        self.listener_errors.extend(data.get("listener_errors", []))
+        self.workers[worker] = extra

@@ -1,0 +1,277 @@
+"""Render a session's compile records: the JSON document and the terminal section.
+
+Pure functions. :func:`build` turns records into the JSON document (schema below);
+:func:`render` turns that document into terminal lines, so that both always agree.
+
+JSON schema ``pytest-jaxcache/report``, version 1 (additions keep the version; a
+removal or a change of meaning bumps it)::
+
+    schema, version
+    cache:    dir, source, store, mode, notices[], max_size_bytes,
+              before{entries, bytes} | null, after{...} | null, maintenance{...} | null
+    jax:      {jax, jaxlib}
+    totals:   counts of every test and of work outside tests, plus hit_rate
+    cachable: counts of unmarked tests' work (hit_rate excludes ``jax_errors`` tests)
+    errors:   counts of tests marked ``jax_errors``
+    store:    what the store did, summed over processes (hits, writes, repaired, ...)
+    tests[]:  {nodeid, worker, markers[], phases{setup|call|teardown|collect: counts}}
+    compiles[]: {name, outcome: hit|miss|uncachable|uncached, secs, test, phase, worker}
+    uncachable_tests[]: {nodeid, marked, programs[]}
+    misses[]: {reason, count, examples[]}
+    workers:  {id: {store{...}, tests}}, lost_workers[]
+    cache_warnings[], listener_errors[]
+
+``counts`` is {requests, hits, misses, uncachable, uncached, compile_secs,
+retrieval_secs, saved_secs, saved_unknown, trace_secs, lower_secs}; times in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from pytest_jaxcache.recorder import UNCACHABLE, Counts, Recorder
+from pytest_jaxcache.settings import format_size
+
+SCHEMA = "pytest-jaxcache/report"
+VERSION = 1
+ERRORS_MARKER = "jax_errors"
+
+
+def hit_rate(counts: Counts) -> float | None:
+    """Hits over cachable lookups (hits and misses); uncachable work is excluded."""
+    cachable = counts.hits + counts.misses
+    return None if cachable == 0 else counts.hits / cachable
+
+
+def _counts_json(counts: Counts) -> dict[str, Any]:
+    return {**asdict(counts), "hit_rate": hit_rate(counts)}
+
+
+def build(
+    recorder: Recorder,
+    *,
+    cache: dict[str, Any],
+    jax_versions: dict[str, str | None],
+    store_stats: dict[str, Any],
+    misses: list[tuple[str, int, list[str]]],
+) -> dict[str, Any]:
+    """The JSON document of one session."""
+    totals, cachable, errors = Counts(), Counts(), Counts()
+    tests = []
+    for record in recorder.tests.values():
+        total = record.total()
+        totals.add(total)
+        (errors if ERRORS_MARKER in record.markers else cachable).add(total)
+        if record.phases:
+            tests.append(
+                {
+                    "nodeid": record.nodeid,
+                    "worker": record.worker,
+                    "markers": record.markers,
+                    "phases": {phase: asdict(c) for phase, c in record.phases.items()},
+                }
+            )
+    return {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "cache": cache,
+        "jax": jax_versions,
+        "totals": _counts_json(totals),
+        "cachable": _counts_json(cachable),
+        "errors": _counts_json(errors),
+        "store": store_stats,
+        "tests": tests,
+        "compiles": [asdict(c) for c in recorder.compiles],
+        "uncachable_tests": _uncachable_tests(recorder),
+        "misses": [{"reason": r, "count": n, "examples": e} for r, n, e in misses],
+        "workers": recorder.workers,
+        "lost_workers": recorder.lost_workers,
+        "cache_warnings": recorder.cache_warnings,
+        "listener_errors": recorder.listener_errors,
+    }
+
+
+def _uncachable_tests(recorder: Recorder) -> list[dict[str, Any]]:
+    programs: dict[str, list[str]] = {}
+    for compile_ in recorder.compiles:
+        if compile_.outcome == UNCACHABLE:
+            names = programs.setdefault(compile_.test, [])
+            if compile_.name not in names:
+                names.append(compile_.name)
+    return [
+        {
+            "nodeid": nodeid,
+            "marked": nodeid in recorder.tests
+            and ERRORS_MARKER in recorder.tests[nodeid].markers,
+            "programs": names,
+        }
+        for nodeid, names in programs.items()
+    ]
+
+
+# -- terminal ----------------------------------------------------------------------------
+
+
+def _secs(value: float) -> str:
+    return f"{value:.2f}s"
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _usage(usage: dict[str, int] | None) -> str:
+    if usage is None:
+        return "?"
+    return f"{usage['entries']} entries, {format_size(usage['bytes'])}"
+
+
+def render(data: dict[str, Any], *, verbosity: int, durations: int) -> list[str]:
+    """Terminal lines for the ``jax compilation cache`` section."""
+    cache, totals, cachable = data["cache"], data["totals"], data["cachable"]
+    saved = _saved(cachable)
+    summary = (
+        f"{cachable['hits']}/{cachable['hits'] + cachable['misses']} cachable lookups hit "
+        f"({_rate(cachable['hit_rate'])}), {_secs(totals['compile_secs'])} compiling"
+        f"{saved} - {cache['dir']}"
+    )
+    if verbosity < 0:
+        lines = [f"jax cache: {summary}"]
+        lines += [f"jax cache: {notice}" for notice in _problems(data)]
+        return lines
+
+    lines = [
+        f"cache: {cache['dir']} (from {cache['source']}), {cache['store']}, {cache['mode']}",
+        f"compiles: {totals['requests'] + totals['uncached']} programs: "
+        f"{totals['hits']} hits, {totals['misses']} misses (written), "
+        f"{totals['uncachable']} uncachable, {totals['uncached']} with the cache off",
+        f"hit rate: {_rate(cachable['hit_rate'])} of cachable lookups"
+        + _errors_line(data["errors"]),
+        f"time: {_secs(totals['compile_secs'])} compiling, "
+        f"{_secs(totals['retrieval_secs'])} loading hits{saved}; "
+        f"{_secs(totals['trace_secs'])} tracing, {_secs(totals['lower_secs'])} lowering",
+    ]
+    lines += _store_lines(data)
+    lines += _slowest(data, durations, verbosity)
+    lines += _uncachable_lines(data)
+    lines += _miss_lines(data)
+    if verbosity > 0:
+        lines += _worker_lines(data)
+    lines += [f"notice: {problem}" for problem in _problems(data)]
+    return lines
+
+
+def _saved(counts: dict[str, Any]) -> str:
+    if counts["hits"] == 0:
+        return ""
+    if counts["saved_unknown"] == counts["hits"]:
+        return ", compile time saved unknown"
+    partial = " (at least)" if counts["saved_unknown"] else ""
+    return f", {_secs(counts['saved_secs'])} saved{partial}"
+
+
+def _errors_line(errors: dict[str, Any]) -> str:
+    if errors["requests"] + errors["uncached"] == 0:
+        return ""
+    return (
+        f" (excludes jax_errors tests: {errors['requests'] + errors['uncached']} programs, "
+        f"{_secs(errors['compile_secs'])} compiling)"
+    )
+
+
+def _store_lines(data: dict[str, Any]) -> list[str]:
+    cache, store = data["cache"], data["store"]
+    cap = cache.get("max_size_bytes")
+    line = f"store: {_usage(cache.get('before'))} before -> {_usage(cache.get('after'))} after"
+    line += f" (cap {format_size(cap)})" if cap else " (no cap)"
+    maintenance = cache.get("maintenance") or {}
+    line += (
+        f"; {store.get('writes', 0)} written, {maintenance.get('evicted', 0)} evicted, "
+        f"{maintenance.get('pruned', 0)} pruned, {store.get('repaired', 0)} repaired"
+    )
+    extra = []
+    if store.get("waited_hits"):
+        extra.append(f"{store['waited_hits']} programs taken from another worker's compile")
+    if store.get("skipped_writes"):
+        extra.append(f"{store['skipped_writes']} writes skipped (read-only)")
+    if store.get("write_errors"):
+        extra.append(f"{store['write_errors']} writes failed")
+    if store.get("lock_timeouts"):
+        extra.append(f"{store['lock_timeouts']} lock waits timed out")
+    if maintenance and not maintenance.get("ran", True) and maintenance.get("reason"):
+        extra.append(f"maintenance skipped: {maintenance['reason']}")
+    return [line] + ([f"store: {', '.join(extra)}"] if extra else [])
+
+
+def _slowest(data: dict[str, Any], durations: int, verbosity: int) -> list[str]:
+    rows = []
+    for test in data["tests"]:
+        for phase, counts in test["phases"].items():
+            busy = counts["compile_secs"] + counts["retrieval_secs"]
+            if counts["requests"] + counts["uncached"]:
+                rows.append((busy, test["nodeid"], phase, counts))
+    if not rows or durations < 0:
+        return []
+    rows.sort(key=lambda row: row[0], reverse=True)
+    shown = rows if durations == 0 else rows[:durations]
+    lines = [f"slowest compiling ({len(shown)} of {len(rows)} test phases):"]
+    for busy, nodeid, phase, counts in shown:
+        compiled = counts["misses"] + counts["uncachable"] + counts["uncached"]
+        lines.append(
+            f"  {_secs(busy):>8} {phase:<8} {nodeid}  "
+            f"({compiled} compiled, {counts['hits']} from cache)"
+        )
+    return lines
+
+
+def _uncachable_lines(data: dict[str, Any]) -> list[str]:
+    tests = data["uncachable_tests"]
+    if not tests:
+        return []
+    lines = ["uncachable compiles (host callbacks: jax.debug.print/callback, io_callback, checks):"]
+    for test in tests:
+        programs = ", ".join(test["programs"][:5])
+        if test["marked"]:
+            lines.append(f"  {test['nodeid']} [jax_errors]: {programs}")
+        else:
+            lines.append(
+                f"  {test['nodeid']}: {programs}  "
+                "<- not marked: add @pytest.mark.jax_errors to run it apart"
+            )
+    return lines
+
+
+def _miss_lines(data: dict[str, Any]) -> list[str]:
+    if not data["misses"]:
+        return []
+    lines = ["why programs missed:"]
+    for miss in data["misses"]:
+        lines.append(f"  {miss['count']:>5} {miss['reason']} (e.g. {', '.join(miss['examples'])})")
+    return lines
+
+
+def _worker_lines(data: dict[str, Any]) -> list[str]:
+    lines = []
+    for worker, info in sorted(data["workers"].items()):
+        store = info.get("store", {})
+        lines.append(
+            f"worker {worker}: {info.get('tests', 0)} tests, {store.get('hits', 0)} hits, "
+            f"{store.get('writes', 0)} written, {store.get('waited_hits', 0)} waited"
+        )
+    return lines
+
+
+def _problems(data: dict[str, Any]) -> list[str]:
+    problems = list(data["cache"].get("notices", []))
+    for worker in data["lost_workers"]:
+        problems.append(f"worker {worker} crashed: its compile records are missing")
+    warnings = data["cache_warnings"]
+    if warnings:
+        problems.append(f"{len(warnings)} cache read/write warnings from JAX, e.g. {warnings[0]}")
+    for error in data["store"].get("errors", [])[:3]:
+        problems.append(f"store: {error}")
+    if data["listener_errors"]:
+        problems.append(f"accounting failed {len(data['listener_errors'])} times")
+    return problems
+

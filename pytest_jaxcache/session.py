@@ -1,0 +1,187 @@
+"""One process's share of a pytest session: open the store, install the JAX hooks,
+gather figures, and (on the controller or the only process) run maintenance and build
+the report. The pytest hooks in :mod:`pytest_jaxcache.plugin` only call into this."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_jaxcache import explain, jaxhooks, report
+from pytest_jaxcache.recorder import Recorder
+from pytest_jaxcache.settings import Mode, Settings
+from pytest_jaxcache.store import Store, StoreStats
+
+_READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+@dataclass
+class CacheSession:
+    settings: Settings
+    recorder: Recorder
+    use_our_store: bool = True
+    is_worker: bool = False
+    started_at: float = field(default_factory=time.time)
+    store: Store | None = None
+    installation: jaxhooks.Installation | None = None
+    notices: list[str] = field(default_factory=list)
+    before: dict[str, int] | None = None
+    after: dict[str, int] | None = None
+    maintenance: dict[str, Any] | None = None
+    mode: Mode = Mode.READWRITE
+    fingerprint: dict[str, str] = field(default_factory=dict)
+
+    # -- start ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the store and configure JAX. Raises :class:`jaxhooks.JaxMissing`."""
+        self.mode = self.settings.mode
+        self.store = self._open_store()
+        self.installation = jaxhooks.install(
+            self.settings, self.store, self.recorder, use_our_store=self.use_our_store
+        )
+        self.notices.extend(self.installation.notices)
+        if self.store is not None and self.installation.ours:
+            self.installation.on_first_compile = self._stamp_fingerprint
+
+    def measure_before(self) -> None:
+        if self.store is not None:
+            self.before = asdict(self.store.usage())
+
+    def _open_store(self) -> Store | None:
+        root = self.settings.cache_dir
+        assert root is not None
+        readonly = self.mode is Mode.READONLY
+        store = Store(root, readonly=readonly, lock_timeout_secs=self.settings.lock_timeout_secs)
+        if readonly:
+            if not root.is_dir():
+                self.notices.append(f"read-only cache {root} does not exist: running uncached")
+                return None
+            return store
+        try:
+            store.create()
+        except OSError as error:
+            if error.errno in _READ_ONLY_ERRNOS and (root / "entries").is_dir():
+                self.notices.append(f"{root} is not writable ({error.strerror}): using it read-only")
+                self.mode = Mode.READONLY
+                return replace_store(store, readonly=True)
+            if error.errno == errno.ENOSPC and (root / "entries").is_dir():
+                self.notices.append(f"{root}: disk full: using it read-only")
+                self.mode = Mode.READONLY
+                return replace_store(store, readonly=True)
+            self.notices.append(f"cannot use {root} ({error.strerror or error}): running uncached")
+            return None
+        return store
+
+    def _stamp_fingerprint(self) -> None:
+        """Called inside the first compile, when the backend exists: fix what this
+        process's entries record about their environment."""
+        assert self.store is not None
+        self.fingerprint = jaxhooks.fingerprint()
+        digest = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode())
+        self.store.fingerprint = digest.digest()[:8]
+        self.store.save_fingerprint(self.store.fingerprint, self.fingerprint)
+
+    def become_worker(self, worker_id: str, controller: dict[str, Any] | None) -> None:
+        """An xdist worker takes the controller's session start: entries it writes
+        belong to that session, not to one of their own, when misses are explained."""
+        self.is_worker = True
+        self.recorder.worker = worker_id
+        if controller is not None:
+            self.started_at = float(controller["started_at"])
+
+    def controller_input(self) -> dict[str, Any]:
+        return {"started_at": self.started_at}
+
+    # -- finish -----------------------------------------------------------------------
+
+    def explain_misses(self) -> list[explain.Miss]:
+        if self.store is None:
+            return []
+        keys = self.store.missed & self.store.written
+        return explain.explain(
+            self.store, keys, before=self.started_at, current=self.fingerprint
+        )
+
+    def worker_output(self) -> dict[str, Any]:
+        """What a worker sends back: plain builtins only."""
+        stats = self.store.stats.as_dict() if self.store is not None else {}
+        return {
+            "records": self.recorder.export(),
+            "store": stats,
+            "misses": [asdict(miss) for miss in self.explain_misses()],
+            "notices": self.notices,
+        }
+
+    def finish(self) -> None:
+        """Controller (or only process): maintenance under the directory lock."""
+        if self.store is None:
+            return
+        result = self.store.maintain(
+            max_size_bytes=self.settings.max_size_bytes,
+            prune_after_sessions=self.settings.prune_after_sessions,
+            session_start=self.started_at,
+        )
+        self.maintenance = result.as_dict()
+        self.after = asdict(self.store.usage())
+
+    def build_report(self, worker_misses: list[dict[str, Any]]) -> dict[str, Any]:
+        stats = StoreStats()
+        if self.store is not None:
+            _add_stats(stats, self.store.stats.as_dict())
+        for info in self.recorder.workers.values():
+            _add_stats(stats, info.get("store", {}))
+        misses = self.explain_misses() + [explain.Miss(**m) for m in worker_misses]
+        installation = self.installation
+        cache = {
+            "dir": str(self.settings.cache_dir),
+            "source": str(self.settings.dir_source),
+            "store": installation.store_kind if self.store is not None and installation else "none",
+            "mode": self.mode.value,
+            "notices": self.notices,
+            "max_size_bytes": self.settings.max_size_bytes,
+            "before": self.before,
+            "after": self.after,
+            "maintenance": self.maintenance,
+        }
+        versions = {
+            "jax": installation.jax_version if installation else None,
+            "jaxlib": installation.jaxlib_version if installation else None,
+        }
+        return report.build(
+            self.recorder,
+            cache=cache,
+            jax_versions=versions,
+            store_stats=stats.as_dict(),
+            misses=explain.summarise(misses),
+        )
+
+    def stop(self) -> None:
+        if self.installation is not None:
+            self.installation.uninstall()
+            self.installation = None
+
+
+def replace_store(store: Store, *, readonly: bool) -> Store:
+    return Store(store.root, readonly=readonly, lock_timeout_secs=store.lock_timeout_secs)
+
+
+def _add_stats(total: StoreStats, data: dict[str, Any]) -> None:
+    for name, value in data.items():
+        current = getattr(total, name, None)
+        if isinstance(current, int) and isinstance(value, int):
+            setattr(total, name, current + value)
+        elif isinstance(current, list) and isinstance(value, list):
+            for message in value:
+                total.note(str(message))
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+

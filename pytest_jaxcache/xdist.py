@@ -1,0 +1,42 @@
+"""Worker -> controller exchange; registered only when pytest-xdist is active."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pytest_jaxcache.session import CacheSession
+
+
+class XdistHooks:
+    """xdist hooks, in a class so that they exist only when xdist does."""
+
+    def __init__(self, session: CacheSession) -> None:
+        self.session = session
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["jaxcache"] = self.session.controller_input()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object | None) -> None:
+        worker = str(node.workerinput.get("workerid", "?"))
+        output = getattr(node, "workeroutput", None) or {}
+        data = output.get("jaxcache")
+        if data is None:  # the worker crashed before its session finished
+            self.session.recorder.lost_workers.append(worker)
+            return
+        records = data.get("records", {})
+        self.session.recorder.merge(
+            worker,
+            records,
+            {
+                "store": data.get("store", {}),
+                "misses": data.get("misses", []),
+                "tests": len(records.get("tests", [])),
+            },
+        )
+        for notice in data.get("notices", []):
+            if notice not in self.session.notices:
+                self.session.notices.append(notice)
