@@ -13,6 +13,7 @@ miss of ``<name>-<hash>`` we look for an earlier entry with the same program nam
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pytest_jaxcache.store import NO_FINGERPRINT, Store
@@ -48,9 +49,10 @@ def describe_change(old: dict[str, str], new: dict[str, str]) -> str:
 
 
 def explain(
-    store: Store, keys: set[str], *, before: float, current: dict[str, str]
+    store: Store, keys: Iterable[str], *, before: float, current: dict[str, str]
 ) -> list[Miss]:
     """One :class:`Miss` per key, in key order."""
+    keys = set(keys)
     misses = []
     for key in sorted(keys):
         earlier = store.earlier_headers(key, before)

@@ -22,7 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -64,10 +64,9 @@ def _import_jax() -> ModuleType:
     if importlib.util.find_spec("jax") is None:
         raise JaxMissing("JAX is not installed (pip install jax)")
     try:
-        import jax
+        return importlib.import_module("jax")
     except Exception as error:  # a broken install: say so once, plainly
         raise JaxMissing(f"JAX failed to import: {type(error).__name__}: {error}") from error
-    return jax
 
 
 @dataclass
@@ -144,10 +143,8 @@ class Installation:
 
     def uninstall(self) -> None:
         while self._undo:
-            try:
+            with suppress(Exception):
                 self._undo.pop()()
-            except Exception:  # noqa: BLE001 - best effort at interpreter teardown
-                pass
 
 
 _compile_state = threading.local()
@@ -222,7 +219,9 @@ def _update_config(jax: ModuleType, installation: Installation, name: str, value
     installation._undo.append(lambda: jax.config.update(name, old))
 
 
-def _install_store(installation: Installation, seam: _Seam, store: Store, recorder: Recorder) -> None:
+def _install_store(
+    installation: Installation, seam: _Seam, store: Store, recorder: Recorder
+) -> None:
     adapter = _adapter_class(seam.cache_interface)(store, recorder, installation)
     original_get_file_cache = seam.compilation_cache.get_file_cache
     root = os.path.realpath(store.root)
@@ -255,7 +254,7 @@ def _install_store(installation: Installation, seam: _Seam, store: Store, record
 
 
 def _adapter_class(interface: type) -> type:
-    class StoreCache(interface):  # type: ignore[misc, valid-type]
+    class StoreCache(interface):  # type: ignore[misc]
         """JAX's CacheInterface over our Store; records hit compile times."""
 
         def __init__(self, store: Store, recorder: Recorder, installation: Installation) -> None:
@@ -269,7 +268,7 @@ def _adapter_class(interface: type) -> type:
             if hook is not None:
                 try:
                     hook()
-                except Exception as error:  # noqa: BLE001 - never break the compile
+                except Exception as error:
                     self._store.stats.note(f"fingerprint: {type(error).__name__}: {error}")
 
         def get(self, key: str) -> bytes | None:
@@ -315,7 +314,7 @@ def persistent_cache_disabled() -> Iterator[None]:
     """Really bypass the persistent cache: JAX computes no key, looks nothing up and
     writes nothing. Flipping the config alone does nothing once the cache is
     initialised, so JAX's cache state is reset on the way in and out."""
-    import jax
+    jax: Any = _import_jax()
 
     seam, _ = _find_seam()
     previous = jax.config.jax_enable_compilation_cache
@@ -332,9 +331,16 @@ def persistent_cache_disabled() -> Iterator[None]:
 
 def clear_in_memory_caches() -> None:
     """Drop every traced and compiled program held in memory (public API)."""
-    import jax
+    jax: Any = _import_jax()
 
     jax.clear_caches()
+
+
+def block_until_ready(value: Any) -> Any:
+    """Wait for asynchronous dispatch to finish (public API)."""
+    jax: Any = _import_jax()
+
+    return jax.block_until_ready(value)
 
 
 def fingerprint() -> dict[str, str]:

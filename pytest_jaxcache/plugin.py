@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from pytest_jaxcache import jaxhooks, report, settings
+from pytest_jaxcache import errors, hookspecs, jaxhooks, report, settings
+from pytest_jaxcache.fixture import JaxCache
 from pytest_jaxcache.recorder import Recorder
 from pytest_jaxcache.session import CacheSession, write_json
 
 SESSION = pytest.StashKey[CacheSession]()
 REPORT = pytest.StashKey[dict[str, Any]]()
+SWITCH = pytest.StashKey[errors.ErrorsSwitch]()
 
 MARKERS = {
     "jax_errors": "the test switches on runtime error checks that use host callbacks "
@@ -61,6 +63,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write the session's compile report as JSON to PATH",
     )
     group.addoption(
+        "--jax-cache-strict",
+        action="store_true",
+        default=None,
+        help="fail the session when a test not marked jax_errors compiled uncachable "
+        "programs (ini jax_cache_strict)",
+    )
+    parser.addini("jax_cache_strict", "see --jax-cache-strict", type="bool", default=False)
+    group.addoption(
         "--jax-cache-store",
         choices=("pytest-jaxcache", "jax"),
         default="pytest-jaxcache",
@@ -71,6 +81,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _early_option(config: pytest.Config, dest: str) -> Any:
     """Options are only parsed into ``known_args_namespace`` when initial conftests load."""
     return getattr(config.known_args_namespace, dest, None)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def _raw(config: pytest.Config) -> dict[settings.Option, settings.Raw]:
@@ -115,7 +129,12 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
+    config.stash[SWITCH] = errors.ErrorsSwitch(config)
     session = config.stash.get(SESSION, None)
+    if config.pluginmanager.hasplugin("xdist"):
+        from pytest_jaxcache.xdist import XdistHooks
+
+        config.pluginmanager.register(XdistHooks(session), "jaxcache-xdist")
     if session is None:
         return
     workerinput = getattr(config, "workerinput", None)
@@ -123,10 +142,19 @@ def pytest_configure(config: pytest.Config) -> None:
         session.become_worker(str(workerinput.get("workerid", "?")), workerinput.get("jaxcache"))
     else:
         session.measure_before()
-    if config.pluginmanager.hasplugin("xdist"):
-        from pytest_jaxcache.xdist import XdistHooks
 
-        config.pluginmanager.register(XdistHooks(session), "jaxcache-xdist")
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marked tests run after the rest; last, so that reordering plugins keep their
+    order within each group."""
+    errors.run_marked_last(items)
+
+
+@pytest.fixture
+def jax_cache(request: pytest.FixtureRequest) -> JaxCache:
+    """This test's JAX compile figures, and ``assert_cached(fn, *args)``."""
+    return JaxCache(request.config.stash.get(SESSION, None), request.node.nodeid)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -180,6 +208,7 @@ def _phase(item: pytest.Item, phase: str) -> Generator[None, None, None]:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    item.config.stash[SWITCH].before(item)
     yield from _phase(item, "setup")
 
 
@@ -208,6 +237,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     path = config.getoption("jax_cache_report")
     if path:
         write_json(Path(config.invocation_params.dir, path), data)
+    if _strict(config) and report.unmarked_uncachable(data):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _strict(config: pytest.Config) -> bool:
+    option = config.getoption("jax_cache_strict")
+    return bool(config.getini("jax_cache_strict") if option is None else option)
 
 
 def _worker_misses(state: CacheSession) -> list[dict[str, str]]:
@@ -217,7 +253,9 @@ def _worker_misses(state: CacheSession) -> list[dict[str, str]]:
     return misses
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
     data = config.stash.get(REPORT, None)
     if data is None:
         return
@@ -225,10 +263,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     lines = report.render(
         data, verbosity=verbosity, durations=config.getoption("jax_cache_durations")
     )
-    if verbosity < 0:
-        for line in lines:
-            terminalreporter.write_line(line)
-        return
-    terminalreporter.write_sep("=", "jax compilation cache")
+    if verbosity >= 0:
+        terminalreporter.write_sep("=", "jax compilation cache")
     for line in lines:
         terminalreporter.write_line(line)
+    unmarked = report.unmarked_uncachable(data)
+    if _strict(config) and unmarked:
+        terminalreporter.write_line(
+            f"--jax-cache-strict: {len(unmarked)} tests not marked jax_errors compiled "
+            "uncachable programs: failing the session",
+            red=True,
+        )

@@ -166,7 +166,7 @@ class Recorder:
                 self._pending().hit = True
             elif event == WRITE_EVENT:
                 self._pending().written = True
-        except Exception as error:  # noqa: BLE001 - never break the user's compile
+        except Exception as error:
             self._listener_failed(error)
 
     def on_duration(self, event: str, duration: float, **kwargs: Any) -> None:
@@ -179,7 +179,7 @@ class Recorder:
             elif event == LOWER_EVENT:
                 with self._lock:
                     self._counts()[0].lower_secs += float(duration)
-        except Exception as error:  # noqa: BLE001 - never break the user's compile
+        except Exception as error:
             self._listener_failed(error)
 
     def note_stored_compile_secs(self, secs: float | None) -> None:

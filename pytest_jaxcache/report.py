@@ -17,6 +17,7 @@ removal or a change of meaning bumps it)::
     tests[]:  {nodeid, worker, markers[], phases{setup|call|teardown|collect: counts}}
     compiles[]: {name, outcome: hit|miss|uncachable|uncached, secs, test, phase, worker}
     uncachable_tests[]: {nodeid, marked, programs[]}
+    unneeded_markers[]: nodeids marked jax_errors whose programs were all cachable
     misses[]: {reason, count, examples[]}
     workers:  {id: {store{...}, tests}}, lost_workers[]
     cache_warnings[], listener_errors[]
@@ -84,6 +85,7 @@ def build(
         "tests": tests,
         "compiles": [asdict(c) for c in recorder.compiles],
         "uncachable_tests": _uncachable_tests(recorder),
+        "unneeded_markers": _unneeded_markers(recorder),
         "misses": [{"reason": r, "count": n, "examples": e} for r, n, e in misses],
         "workers": recorder.workers,
         "lost_workers": recorder.lost_workers,
@@ -102,12 +104,27 @@ def _uncachable_tests(recorder: Recorder) -> list[dict[str, Any]]:
     return [
         {
             "nodeid": nodeid,
-            "marked": nodeid in recorder.tests
-            and ERRORS_MARKER in recorder.tests[nodeid].markers,
+            "marked": nodeid in recorder.tests and ERRORS_MARKER in recorder.tests[nodeid].markers,
             "programs": names,
         }
         for nodeid, names in programs.items()
     ]
+
+
+def _unneeded_markers(recorder: Recorder) -> list[str]:
+    """Marked tests whose programs were all cachable: on a JAX that caches host
+    callbacks (0.11+), or with checks that use none, the marker buys nothing."""
+    unneeded = []
+    for record in recorder.tests.values():
+        total = record.total()
+        if ERRORS_MARKER in record.markers and total.uncachable == 0 and total.requests:
+            unneeded.append(record.nodeid)
+    return unneeded
+
+
+def unmarked_uncachable(data: dict[str, Any]) -> list[str]:
+    """Tests not marked ``jax_errors`` that compiled uncachable programs."""
+    return [test["nodeid"] for test in data["uncachable_tests"] if not test["marked"]]
 
 
 # -- terminal ----------------------------------------------------------------------------
@@ -155,6 +172,11 @@ def render(data: dict[str, Any], *, verbosity: int, durations: int) -> list[str]
     lines += _store_lines(data)
     lines += _slowest(data, durations, verbosity)
     lines += _uncachable_lines(data)
+    if data["unneeded_markers"]:
+        lines.append(
+            "marked jax_errors, yet every program was cachable (the marker may be unneeded): "
+            + ", ".join(data["unneeded_markers"][:5])
+        )
     lines += _miss_lines(data)
     if verbosity > 0:
         lines += _worker_lines(data)
@@ -274,4 +296,3 @@ def _problems(data: dict[str, Any]) -> list[str]:
     if data["listener_errors"]:
         problems.append(f"accounting failed {len(data['listener_errors'])} times")
     return problems
-

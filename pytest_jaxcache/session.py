@@ -67,7 +67,9 @@ class CacheSession:
             store.create()
         except OSError as error:
             if error.errno in _READ_ONLY_ERRNOS and (root / "entries").is_dir():
-                self.notices.append(f"{root} is not writable ({error.strerror}): using it read-only")
+                self.notices.append(
+                    f"{root} is not writable ({error.strerror}): using it read-only"
+                )
                 self.mode = Mode.READONLY
                 return replace_store(store, readonly=True)
             if error.errno == errno.ENOSPC and (root / "entries").is_dir():
@@ -103,10 +105,8 @@ class CacheSession:
     def explain_misses(self) -> list[explain.Miss]:
         if self.store is None:
             return []
-        keys = self.store.missed & self.store.written
-        return explain.explain(
-            self.store, keys, before=self.started_at, current=self.fingerprint
-        )
+        keys = self.store.missed.keys() & self.store.written
+        return explain.explain(self.store, keys, before=self.started_at, current=self.fingerprint)
 
     def worker_output(self) -> dict[str, Any]:
         """What a worker sends back: plain builtins only."""
@@ -184,4 +184,3 @@ def _add_stats(total: StoreStats, data: dict[str, Any]) -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-

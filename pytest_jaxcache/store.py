@@ -20,6 +20,7 @@ Reads mark use for LRU by touching the entry's mtime: no directory-wide lock.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -169,7 +170,7 @@ class Store:
         self.locks_dir = root / "locks"
         self.stats = StoreStats()
         self.fingerprint = NO_FINGERPRINT  # stamped on entries written by this process
-        self.missed: set[str] = set()  # keys looked up in vain...
+        self.missed: dict[str, None] = {}  # keys looked up in vain, in order...
         self.written: set[str] = set()  # ...and keys written: misses to explain
         self._claims = threading.local()
 
@@ -209,7 +210,7 @@ class Store:
                 self.stats.hits += 1
                 return entry
         self.stats.misses += 1
-        self.missed.add(key)
+        self.missed[key] = None
         return None
 
     def _read(self, name: str) -> Entry | None:
@@ -285,10 +286,8 @@ class Store:
         while held:
             key, lock = held.popitem()
             marker = self.locks_dir / f"{file_name(key)}.nocache"
-            try:
+            with contextlib.suppress(OSError):
                 marker.touch()
-            except OSError:
-                pass
             lock.release()
 
     # -- writes ------------------------------------------------------------------------
@@ -324,10 +323,8 @@ class Store:
                 handle.write(data)
             os.replace(tmp, target)
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 tmp.unlink()
-            except OSError:
-                pass
             raise
 
     # -- inspection --------------------------------------------------------------------

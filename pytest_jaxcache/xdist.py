@@ -6,21 +6,31 @@ from typing import Any
 
 import pytest
 
+from pytest_jaxcache import errors
 from pytest_jaxcache.session import CacheSession
 
 
 class XdistHooks:
-    """xdist hooks, in a class so that they exist only when xdist does."""
+    """xdist hooks, in a class so that they exist only when xdist does.
+    ``session`` is ``None`` when the cache is off (grouping still applies)."""
 
-    def __init__(self, session: CacheSession) -> None:
+    def __init__(self, session: CacheSession | None) -> None:
         self.session = session
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Before xdist's own hook turns ``xdist_group`` marks into ``@group`` ids."""
+        errors.group_marked_for_xdist(items)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput["jaxcache"] = self.session.controller_input()
+        if self.session is not None:
+            node.workerinput["jaxcache"] = self.session.controller_input()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
+        if self.session is None:
+            return
         worker = str(node.workerinput.get("workerid", "?"))
         output = getattr(node, "workeroutput", None) or {}
         data = output.get("jaxcache")
