@@ -227,10 +227,8 @@ class Store:
             self._repair(path)
             return None
         if not self.readonly:
-            try:
+            with contextlib.suppress(OSError):  # evicted meanwhile: we hold its bytes
                 os.utime(path)
-            except OSError:
-                pass  # evicted meanwhile: we hold its bytes already
         return entry
 
     def _repair(self, path: Path) -> None:
