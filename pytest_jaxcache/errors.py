@@ -30,14 +30,18 @@ def group_marked_for_xdist(items: list[pytest.Item]) -> None:
 
 
 class ErrorsSwitch:
-    """Tracks whether checks are on in this process and switches them on demand."""
+    """Tracks whether checks are on in this process and switches them on demand.
+
+    A plugin object, so that the switch runs as a plain ``pytest_runtest_setup``:
+    inside output capturing, before fixtures are set up."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.enabled: bool | None = None  # unknown until the first test
         self.switches = 0
 
-    def before(self, item: pytest.Item) -> None:
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
         wanted = is_marked(item)
         if wanted == self.enabled:
             return

@@ -16,7 +16,6 @@ from pytest_jaxcache.session import CacheSession, write_json
 
 SESSION = pytest.StashKey[CacheSession]()
 REPORT = pytest.StashKey[dict[str, Any]]()
-SWITCH = pytest.StashKey[errors.ErrorsSwitch]()
 
 MARKERS = {
     "jax_errors": "the test switches on runtime error checks that use host callbacks "
@@ -129,7 +128,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
-    config.stash[SWITCH] = errors.ErrorsSwitch(config)
+    config.pluginmanager.register(errors.ErrorsSwitch(config), "jaxcache-errors-switch")
     session = config.stash.get(SESSION, None)
     if config.pluginmanager.hasplugin("xdist"):
         from pytest_jaxcache.xdist import XdistHooks
@@ -208,7 +207,6 @@ def _phase(item: pytest.Item, phase: str) -> Generator[None, None, None]:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    item.config.stash[SWITCH].before(item)
     yield from _phase(item, "setup")
 
 

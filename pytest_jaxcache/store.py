@@ -345,7 +345,7 @@ class Store:
             size += stat.st_size
         return Usage(count, size)
 
-    def keys(self) -> list[str]:
+    def entry_names(self) -> list[str]:
         return sorted(path.name for path, _ in self._scan())
 
     def earlier_headers(self, key: str, before: float) -> list[tuple[str, Header]]:
@@ -397,7 +397,7 @@ class Store:
         *,
         max_size_bytes: int | None,
         prune_after_sessions: int | None,
-        session_start: float,
+        session_start: float | None,
         wait_secs: float = 10.0,
     ) -> MaintenanceResult:
         """Once per session: record it, prune entries unused for N sessions, evict LRU
@@ -406,6 +406,7 @@ class Store:
 
         Deleting an entry that a concurrent reader has just read is safe (the reader
         holds its bytes); files still being written live in ``tmp/`` and are left alone.
+        ``session_start`` is ``None`` for maintenance outside a session (the CLI).
         """
         if self.readonly:
             return MaintenanceResult(ran=False, reason="read-only")
@@ -420,9 +421,9 @@ class Store:
             return MaintenanceResult(ran=False, reason=str(error))
 
     def _maintain(
-        self, max_size: int | None, prune_after: int | None, session_start: float
+        self, max_size: int | None, prune_after: int | None, session_start: float | None
     ) -> MaintenanceResult:
-        sessions = self._record_session(session_start)
+        sessions = self.sessions() if session_start is None else self._record(session_start)
         now = time.time()
         stale = self._remove_stale(self.tmp_dir, "", now - _STALE_TMP_SECS)
         stale += self._remove_idle_locks(now - _STALE_TMP_SECS)
@@ -460,14 +461,18 @@ class Store:
             stale_files_removed=stale,
         )
 
-    def _record_session(self, session_start: float) -> list[float]:
-        path = self.root / "sessions.json"
+    def sessions(self) -> list[float]:
+        """Start times of the recent sessions that ran maintenance, oldest first."""
         try:
-            sessions = [float(t) for t in json.loads(path.read_text())["sessions"]]
+            data = json.loads((self.root / "sessions.json").read_text())
+            return sorted(float(t) for t in data["sessions"])
         except (OSError, ValueError, KeyError, TypeError):
-            sessions = []
-        sessions = sorted(set(sessions) | {session_start})[-_SESSIONS_KEPT:]
-        self._write_atomic(path, json.dumps({"sessions": sessions}).encode())
+            return []
+
+    def _record(self, session_start: float) -> list[float]:
+        sessions = sorted(set(self.sessions()) | {session_start})[-_SESSIONS_KEPT:]
+        data = json.dumps({"sessions": sessions}).encode()
+        self._write_atomic(self.root / "sessions.json", data)
         return sessions
 
     @staticmethod

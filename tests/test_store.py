@@ -1,0 +1,717 @@
+"""Unit tests of the on-disk store: format, integrity, single flight, maintenance.
+
+No JAX here: the store maps string keys to bytes. Cross-process behaviour uses real
+processes (``spawn``) and real ``filelock`` locks; ordering comes from events.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import filelock
+import pytest
+
+from pytest_jaxcache.store import (
+    MAGIC,
+    NO_FINGERPRINT,
+    Entry,
+    Store,
+    StoreStats,
+    Usage,
+    decode,
+    decode_header,
+    encode,
+    file_name,
+)
+
+HASH_A = "a" * 64
+HASH_B = "b" * 64
+HASH_C = "c" * 64
+KEY = f"jit_f-{HASH_A}"
+PAYLOAD = b"compiled program bytes \x00\x01\x02" * 10
+WAIT = 60.0  # upper bound for cross-process waits; never reached when the code is right
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def make_store(root: Path, **kwargs: Any) -> Store:
+    """A created store at ``root``."""
+    store = Store(root, **kwargs)
+    store.create()
+    return store
+
+
+def entry_path(store: Store, key: str) -> Path:
+    return store.entries_dir / file_name(key)
+
+
+def lock_path(store: Store, key: str) -> Path:
+    return store.locks_dir / f"{file_name(key)}.lock"
+
+
+def lock_is_free(path: Path) -> bool:
+    """Whether nobody (no other file descriptor, in any process) holds the lock."""
+    lock = filelock.FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return False
+    lock.release()
+    return True
+
+
+def set_mtime(path: Path, when: float) -> None:
+    os.utime(path, (when, when))
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(item.name for item in directory.iterdir())
+
+
+# -- child processes (module level so that ``spawn`` can import them) ------------------------
+
+
+def _guarded(results: Any, role: str, body: Callable[[], Any]) -> None:
+    try:
+        results.put((role, body()))
+    except BaseException:  # noqa: BLE001 - report to the parent instead of hanging it
+        results.put((role, {"error": traceback.format_exc()}))
+
+
+def _compile_then_put(root: str, key: str, claimed: Any, go: Any, results: Any) -> None:
+    """Miss ``key`` (claiming it), say so, wait for ``go``, then write it."""
+
+    def body() -> dict[str, Any]:
+        store = Store(Path(root))
+        entry = store.get(key)
+        claimed.set()
+        go.wait(WAIT)
+        written = store.put(key, PAYLOAD, 2.5)
+        return {"missed": entry is None, "written": written, "stats": store.stats.as_dict()}
+
+    _guarded(results, "compiler", body)
+
+
+def _get_while_claimed(root: str, key: str, claimed: Any, waiting: Any, results: Any) -> None:
+    """After ``claimed``, get ``key``; announce ``waiting`` once the get waits on the lock."""
+
+    def body() -> dict[str, Any]:
+        claimed.wait(WAIT)
+        store = Store(Path(root), lock_timeout_secs=WAIT)
+        box: dict[str, Entry | None] = {}
+        thread = threading.Thread(target=lambda: box.update(entry=store.get(key)))
+        thread.start()
+        while thread.is_alive() and store.stats.lock_waits == 0:
+            time.sleep(0.002)  # polling for a state change, not a timing assertion
+        waiting.set()
+        thread.join(WAIT)
+        entry = box.get("entry")
+        return {
+            "entry": None if entry is None else [entry.payload, entry.compile_secs],
+            "stats": store.stats.as_dict(),
+        }
+
+    _guarded(results, "waiter", body)
+
+
+def _hold_lock(path: str, held: Any, release: Any, results: Any) -> None:
+    """Hold a file lock until ``release``."""
+
+    def body() -> str:
+        lock = filelock.FileLock(path)
+        with lock:
+            held.set()
+            release.wait(WAIT)
+        return "released"
+
+    _guarded(results, "holder", body)
+
+
+def _claim_release_then_hold(root: str, key: str, held: Any, release: Any, results: Any) -> None:
+    """Miss ``key``, compile nothing writable (release_claims), then keep its lock busy."""
+
+    def body() -> str:
+        store = Store(Path(root))
+        store.get(key)
+        store.release_claims()
+        with filelock.FileLock(str(Path(root) / "locks" / f"{file_name(key)}.lock")):
+            held.set()
+            release.wait(WAIT)
+        return "released"
+
+    _guarded(results, "holder", body)
+
+
+def collect(results: Any, processes: list[Any]) -> dict[str, Any]:
+    """Each child's result by role; fails on a child's exception or exit status."""
+    found = {}
+    for _ in processes:
+        role, value = results.get(timeout=WAIT)
+        found[role] = value
+    for process in processes:
+        process.join(WAIT)
+        assert process.exitcode == 0
+    for role, value in found.items():
+        assert not (isinstance(value, dict) and "error" in value), f"{role}: {value['error']}"
+    return found
+
+
+# -- format ----------------------------------------------------------------------------------
+
+
+def test_encode_decode_round_trip() -> None:
+    """Every header field and the payload survive encode -> decode."""
+    data = encode(PAYLOAD, 1.25, b"fp123456", written_at=1234.5)
+    entry = decode(data)
+    assert entry is not None
+    assert entry.payload == PAYLOAD
+    assert entry.compile_secs == 1.25
+    assert entry.header.written_at == 1234.5
+    assert entry.header.fingerprint == b"fp123456"
+    assert entry.header.length == len(PAYLOAD)
+    assert data.startswith(MAGIC)
+
+
+def test_encode_unknown_compile_time_and_short_fingerprint() -> None:
+    """``None`` compile time stays unknown; a short fingerprint is padded to 8 bytes."""
+    entry = decode(encode(b"", None, b"ab"))
+    assert entry is not None
+    assert entry.payload == b""
+    assert entry.compile_secs is None
+    assert entry.header.fingerprint == b"ab" + bytes(6)
+    assert decode(encode(b"x", 0.0)) is not None
+    assert decode(encode(b"x", None)).header.fingerprint == NO_FINGERPRINT  # type: ignore[union-attr]
+
+
+def _flip(data: bytes, index: int) -> bytes:
+    return data[:index] + bytes([data[index] ^ 0xFF]) + data[index + 1 :]
+
+
+GOOD = encode(PAYLOAD, 1.0, b"fp123456", written_at=1000.0)
+HEADER_SIZE = len(GOOD) - len(PAYLOAD)
+
+BROKEN = {
+    "zero-length": b"",
+    "header cut short": GOOD[: HEADER_SIZE - 1],
+    "header only": GOOD[:HEADER_SIZE],
+    "payload truncated": GOOD[:-1],
+    "padded": GOOD + b"\0",
+    "garbage": bytes(range(256)) * 2,
+    "flipped payload byte": _flip(GOOD, len(GOOD) - 5),
+    "flipped magic": _flip(GOOD, 0),
+    "flipped digest byte": _flip(GOOD, HEADER_SIZE - 1),
+    "other payload same length": GOOD[:HEADER_SIZE] + bytes(len(PAYLOAD)),
+}
+
+
+@pytest.mark.parametrize("data", BROKEN.values(), ids=BROKEN.keys())
+def test_decode_rejects_broken_data(data: bytes) -> None:
+    """Truncated, padded, zero-length, garbage or altered bytes never decode."""
+    assert decode(data) is None
+
+
+def test_decode_header_needs_magic_and_length() -> None:
+    """The header alone is readable from a good file, not from garbage or short data."""
+    header = decode_header(GOOD[:HEADER_SIZE])
+    assert header is not None and header.length == len(PAYLOAD)
+    assert decode_header(GOOD[: HEADER_SIZE - 1]) is None
+    assert decode_header(b"XXXX" + GOOD[4:]) is None
+
+
+@pytest.mark.parametrize(
+    "key", ["jit_<lambda>-" + HASH_A, "pmap/f:g h\\i-" + HASH_A, "jit_f\x00\n-" + HASH_A]
+)
+def test_file_name_replaces_unsafe_characters(key: str) -> None:
+    """Only ``[A-Za-z0-9_.-]`` reaches the file system, and the hash survives."""
+    name = file_name(key)
+    assert set(name) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+    assert name.endswith("-" + HASH_A)
+    assert len(name) == len(key)
+
+
+def test_file_name_of_long_key_keeps_the_hash() -> None:
+    """A very long program name is cut from the front: names stay short and keys that
+    differ only in their hash stay apart."""
+    long_a = "jit_" + "x" * 500 + "-" + HASH_A
+    long_b = "jit_" + "x" * 500 + "-" + HASH_B
+    assert len(file_name(long_a)) <= 255
+    assert file_name(long_a).endswith(HASH_A)
+    assert file_name(long_b).endswith(HASH_B)
+    assert file_name(long_a) != file_name(long_b)
+    assert file_name(KEY) == KEY  # an ordinary JAX key is its own file name
+
+
+# -- layout ----------------------------------------------------------------------------------
+
+
+def test_create_makes_layout(tmp_path: Path) -> None:
+    """create() makes entries/, tmp/, locks/, a CACHEDIR.TAG and a catch-all .gitignore,
+    leaves no probe behind, and can run again."""
+    root = tmp_path / "deep" / "cache"
+    store = make_store(root)
+    for name in ("entries", "tmp", "locks"):
+        assert (root / name).is_dir()
+    assert (root / "CACHEDIR.TAG").read_text().startswith(
+        "Signature: 8a477f597d28d172789f06886806bc55"
+    )
+    assert "*" in (root / ".gitignore").read_text().splitlines()
+    assert listing(store.tmp_dir) == []
+    (root / ".gitignore").write_text("mine\n")
+    store.create()  # idempotent, and leaves an existing file alone
+    assert (root / ".gitignore").read_text() == "mine\n"
+
+
+def test_create_raises_when_root_is_a_file(tmp_path: Path) -> None:
+    """A root that cannot be a directory raises OSError (the session turns it into a notice)."""
+    root = tmp_path / "file"
+    root.write_text("not a dir")
+    with pytest.raises(OSError):
+        Store(root).create()
+
+
+# -- reads and writes ------------------------------------------------------------------------
+
+
+def test_put_get_round_trip(tmp_path: Path) -> None:
+    """A written entry comes back with its compile time and fingerprint; stats count it."""
+    store = make_store(tmp_path)
+    store.fingerprint = b"abcdefgh"
+    assert store.put(KEY, PAYLOAD, 3.5) is True
+    path = entry_path(store, KEY)
+    assert store.stats.writes == 1
+    assert store.stats.bytes_written == path.stat().st_size
+    assert store.written == {KEY}
+
+    reader = Store(tmp_path)
+    entry = reader.get(KEY)
+    assert entry is not None
+    assert entry.payload == PAYLOAD
+    assert entry.compile_secs == 3.5
+    assert entry.header.fingerprint == b"abcdefgh"
+    assert (reader.stats.hits, reader.stats.misses) == (1, 0)
+    assert list(reader.missed) == []
+
+
+def test_put_unknown_compile_time(tmp_path: Path) -> None:
+    """put() without a compile time stores 'unknown', not zero."""
+    store = make_store(tmp_path)
+    store.put(KEY, PAYLOAD)
+    entry = store.get(KEY)
+    assert entry is not None and entry.compile_secs is None
+
+
+def test_miss_claims_the_key_until_put(tmp_path: Path) -> None:
+    """A read-write miss holds the key's lock; put() releases it and writes the entry."""
+    store = make_store(tmp_path)
+    assert store.get(KEY) is None
+    assert (store.stats.misses, store.stats.hits) == (1, 0)
+    assert list(store.missed) == [KEY]
+    assert not lock_is_free(lock_path(store, KEY))
+    assert store.put(KEY, PAYLOAD, 1.0)
+    assert lock_is_free(lock_path(store, KEY))
+    assert store.get(KEY) is not None
+
+
+def test_overwrite_and_no_tmp_files_left(tmp_path: Path) -> None:
+    """Writes go through tmp/ and os.replace: the last value wins, tmp/ ends empty."""
+    store = make_store(tmp_path)
+    for index in range(5):
+        assert store.put(KEY, PAYLOAD + bytes([index]), float(index))
+        assert store.put(f"jit_g-{index:064d}", PAYLOAD)
+    entry = store.get(KEY)
+    assert entry is not None and entry.payload == PAYLOAD + b"\x04"
+    assert listing(store.tmp_dir) == []
+    assert len(store.keys()) == 6
+
+
+@pytest.mark.parametrize("damage", ["zero-length", "payload truncated", "garbage", "padded"])
+def test_corrupt_entry_is_repaired(tmp_path: Path, damage: str) -> None:
+    """A broken file is never served: get() misses, removes it, counts it as repaired,
+    and the next put() writes a good entry in its place."""
+    store = make_store(tmp_path)
+    store.put(KEY, PAYLOAD, 1.0)
+    path = entry_path(store, KEY)
+    path.write_bytes(BROKEN[damage])
+
+    fresh = Store(tmp_path)
+    assert fresh.get(KEY) is None
+    assert not path.exists()
+    assert fresh.stats.repaired == 1
+    assert fresh.stats.misses == 1
+    assert fresh.put(KEY, PAYLOAD, 2.0)
+    entry = Store(tmp_path).get(KEY)
+    assert entry is not None and entry.payload == PAYLOAD and entry.compile_secs == 2.0
+
+
+def test_get_marks_use_for_lru(tmp_path: Path) -> None:
+    """A hit refreshes the entry's mtime (what LRU eviction sorts by)."""
+    store = make_store(tmp_path)
+    store.put(KEY, PAYLOAD)
+    path = entry_path(store, KEY)
+    set_mtime(path, 1_000_000.0)
+    assert store.get(KEY) is not None
+    assert path.stat().st_mtime > 1_000_000.0
+
+
+def test_readonly_store(tmp_path: Path) -> None:
+    """Read-only: hits are served without touching mtimes, writes are skipped and
+    counted, misses claim no lock, corrupt entries are counted but left in place."""
+    writer = make_store(tmp_path)
+    writer.put(KEY, PAYLOAD, 1.0)
+    broken_key = f"jit_g-{HASH_B}"
+    writer.put(broken_key, PAYLOAD)
+    entry_path(writer, broken_key).write_bytes(b"junk")
+    set_mtime(entry_path(writer, KEY), 1_000_000.0)
+
+    store = Store(tmp_path, readonly=True)
+    entry = store.get(KEY)
+    assert entry is not None and entry.payload == PAYLOAD
+    assert entry_path(store, KEY).stat().st_mtime == 1_000_000.0
+
+    assert store.put(f"jit_h-{HASH_C}", PAYLOAD) is False
+    assert store.stats.skipped_writes == 1
+    assert store.stats.writes == 0
+    assert not entry_path(store, f"jit_h-{HASH_C}").exists()
+
+    assert store.get(f"jit_h-{HASH_C}") is None
+    assert listing(store.locks_dir) == []
+
+    assert store.get(broken_key) is None
+    assert store.stats.repaired == 1
+    assert entry_path(store, broken_key).read_bytes() == b"junk"
+
+
+def _remove_tmp_dir(store: Store) -> None:
+    shutil.rmtree(store.tmp_dir)
+
+
+def _entries_is_a_file(store: Store) -> None:
+    shutil.rmtree(store.entries_dir)
+    store.entries_dir.write_bytes(b"not a directory")
+
+
+@pytest.mark.parametrize(
+    "break_store", [_remove_tmp_dir, _entries_is_a_file], ids=["no tmp dir", "entries is a file"]
+)
+def test_failed_write_is_counted_never_raised(
+    tmp_path: Path, break_store: Callable[[Store], None]
+) -> None:
+    """An OSError while writing is counted in write_errors and noted; put() returns
+    False, leaves no temporary file, and still releases the key's lock."""
+    store = make_store(tmp_path)
+    break_store(store)
+    assert store.get(KEY) is None  # claims the key
+    assert store.put(KEY, PAYLOAD, 1.0) is False
+    assert store.stats.write_errors == 1
+    assert store.stats.writes == 0
+    assert store.written == set()
+    assert any(message.startswith(f"write {KEY}") for message in store.stats.errors)
+    assert lock_is_free(lock_path(store, KEY))
+    if store.tmp_dir.is_dir():
+        assert listing(store.tmp_dir) == []
+
+
+def test_release_claims_leaves_nocache_marker(tmp_path: Path) -> None:
+    """release_claims() frees the lock and marks the key so later lookups don't wait."""
+    store = make_store(tmp_path)
+    assert store.get(KEY) is None
+    store.release_claims()
+    assert lock_is_free(lock_path(store, KEY))
+    assert (store.locks_dir / f"{KEY}.nocache").exists()
+    other = Store(tmp_path)
+    assert other.get(KEY) is None
+    assert lock_is_free(lock_path(store, KEY))  # the marked key was not claimed again
+
+
+# -- single flight across processes ----------------------------------------------------------
+
+
+def test_second_process_waits_for_first_compile(tmp_path: Path) -> None:
+    """Two processes miss the same key: the second waits on the lock until the first
+    writes, then serves the entry (one compile across processes)."""
+    make_store(tmp_path)
+    claimed, waiting, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
+    processes = [
+        SPAWN.Process(target=_compile_then_put, args=(str(tmp_path), KEY, claimed, waiting, results)),
+        SPAWN.Process(target=_get_while_claimed, args=(str(tmp_path), KEY, claimed, waiting, results)),
+    ]
+    for process in processes:
+        process.start()
+    found = collect(results, processes)
+
+    compiler, waiter = found["compiler"], found["waiter"]
+    assert compiler["missed"] and compiler["written"]
+    assert compiler["stats"]["misses"] == 1 and compiler["stats"]["writes"] == 1
+    assert waiter["entry"] == [PAYLOAD, 2.5]
+    assert waiter["stats"]["lock_waits"] == 1
+    assert waiter["stats"]["waited_hits"] == 1
+    assert waiter["stats"]["hits"] == 1
+    assert waiter["stats"]["misses"] == 0
+    assert waiter["stats"]["lock_timeouts"] == 0
+
+
+def test_lock_timeout_gives_up_and_compiles(tmp_path: Path) -> None:
+    """When another process keeps a key's lock past the timeout, get() returns None,
+    counts the timeout, and a later put() still writes."""
+    store = make_store(tmp_path, lock_timeout_secs=0.2)
+    held, release, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
+    holder = SPAWN.Process(
+        target=_hold_lock, args=(str(lock_path(store, KEY)), held, release, results)
+    )
+    holder.start()
+    try:
+        assert held.wait(WAIT)
+        assert store.get(KEY) is None
+        assert store.stats.lock_waits == 1
+        assert store.stats.lock_timeouts == 1
+        assert store.stats.waited_hits == 0
+        assert store.stats.misses == 1
+        assert store.put(KEY, PAYLOAD, 1.0) is True
+    finally:
+        release.set()
+    assert collect(results, [holder]) == {"holder": "released"}
+    assert Store(tmp_path).get(KEY) is not None
+
+
+def test_nocache_marker_stops_waiting_in_other_processes(tmp_path: Path) -> None:
+    """After a process released its claim without writing, another store does not
+    wait for that key even while its lock is busy."""
+    store = make_store(tmp_path, lock_timeout_secs=30.0)
+    held, release, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
+    holder = SPAWN.Process(
+        target=_claim_release_then_hold, args=(str(tmp_path), KEY, held, release, results)
+    )
+    holder.start()
+    try:
+        assert held.wait(WAIT)
+        assert (store.locks_dir / f"{KEY}.nocache").exists()
+        assert store.get(KEY) is None
+        assert store.stats.lock_waits == 0
+        assert store.stats.lock_timeouts == 0
+        assert store.stats.misses == 1
+    finally:
+        release.set()
+    assert collect(results, [holder]) == {"holder": "released"}
+
+
+# -- maintenance -----------------------------------------------------------------------------
+
+
+def _fill(store: Store, count: int, payload: bytes = PAYLOAD) -> list[str]:
+    keys = [f"jit_p{index}-{index:064d}" for index in range(count)]
+    for key in keys:
+        assert store.put(key, payload)
+    return keys
+
+
+def test_size_cap_evicts_least_recently_used(tmp_path: Path) -> None:
+    """Over the cap, the entries with the oldest mtimes go first; a hit protects one."""
+    store = make_store(tmp_path)
+    keys = _fill(store, 4)
+    size = entry_path(store, keys[0]).stat().st_size
+    now = time.time()
+    for index, key in enumerate(keys):
+        set_mtime(entry_path(store, key), now - 1000 + 10 * index)
+    assert store.get(keys[0]) is not None  # the oldest is used again: now the newest
+
+    result = store.maintain(
+        max_size_bytes=2 * size, prune_after_sessions=None, session_start=now
+    )
+    assert result.ran
+    assert (result.evicted, result.evicted_bytes) == (2, 2 * size)
+    assert result.pruned == 0
+    assert store.keys() == sorted([keys[0], keys[3]])
+    assert store.usage() == Usage(2, 2 * size)
+
+
+def test_no_cap_evicts_nothing(tmp_path: Path) -> None:
+    """max_size_bytes=None keeps every entry."""
+    store = make_store(tmp_path)
+    keys = _fill(store, 3)
+    result = store.maintain(max_size_bytes=None, prune_after_sessions=None, session_start=1.0)
+    assert result.ran and result.evicted == 0
+    assert store.keys() == sorted(keys)
+
+
+def test_prune_after_sessions(tmp_path: Path) -> None:
+    """prune_after=N removes entries not used since the Nth most recent session start,
+    and maintain() records every session start it sees."""
+    store = make_store(tmp_path)
+    for start in (1000.0, 2000.0, 3000.0):
+        assert store.maintain(
+            max_size_bytes=None, prune_after_sessions=None, session_start=start
+        ).ran
+    keys = _fill(store, 4)
+    for key, when in zip(keys[:3], (1500.0, 2500.0, 3500.0)):
+        set_mtime(entry_path(store, key), when)
+    size = entry_path(store, keys[0]).stat().st_size
+
+    # too few sessions for N=10: nothing pruned yet
+    result = store.maintain(max_size_bytes=None, prune_after_sessions=10, session_start=3000.0)
+    assert result.pruned == 0 and len(store.keys()) == 4
+
+    result = store.maintain(max_size_bytes=None, prune_after_sessions=2, session_start=4000.0)
+    assert result.ran
+    assert (result.pruned, result.pruned_bytes) == (2, 2 * size)
+    assert store.keys() == sorted(keys[2:])
+    sessions = json.loads((tmp_path / "sessions.json").read_text())["sessions"]
+    assert sessions == [1000.0, 2000.0, 3000.0, 4000.0]
+
+
+def test_corrupt_sessions_file_is_replaced(tmp_path: Path) -> None:
+    """An unreadable sessions.json does not stop maintenance; it is rewritten."""
+    store = make_store(tmp_path)
+    (tmp_path / "sessions.json").write_text("{not json")
+    result = store.maintain(max_size_bytes=None, prune_after_sessions=None, session_start=5.0)
+    assert result.ran
+    assert json.loads((tmp_path / "sessions.json").read_text()) == {"sessions": [5.0]}
+
+
+def test_stale_temporaries_and_markers_removed(tmp_path: Path) -> None:
+    """Old temporaries, old unheld lock files and week-old markers are removed; fresh
+    ones, and an old lock someone holds, are kept."""
+    store = make_store(tmp_path)
+    now = time.time()
+    old_tmp, fresh_tmp = store.tmp_dir / "a.1.dead", store.tmp_dir / "b.2.live"
+    old_lock, fresh_lock = store.locks_dir / "old.lock", store.locks_dir / "fresh.lock"
+    held_lock = store.locks_dir / "held.lock"
+    old_marker, fresh_marker = store.locks_dir / "old.nocache", store.locks_dir / "fresh.nocache"
+    for path in (old_tmp, fresh_tmp, old_lock, fresh_lock, old_marker, fresh_marker):
+        path.write_bytes(b"")
+    holder = filelock.FileLock(str(held_lock))
+    holder.acquire()
+    try:
+        set_mtime(old_tmp, now - 2 * 3600)
+        set_mtime(old_lock, now - 2 * 3600)
+        set_mtime(held_lock, now - 2 * 3600)
+        set_mtime(old_marker, now - 8 * 24 * 3600)
+        set_mtime(fresh_marker, now - 2 * 3600)
+        result = store.maintain(max_size_bytes=None, prune_after_sessions=None, session_start=now)
+    finally:
+        holder.release()
+    assert result.ran
+    assert result.stale_files_removed == 3
+    assert listing(store.tmp_dir) == ["b.2.live"]
+    assert listing(store.locks_dir) == ["fresh.lock", "fresh.nocache", "held.lock"]
+
+
+def test_maintenance_skipped_while_another_session_holds_the_lock(tmp_path: Path) -> None:
+    """If another process holds maintenance.lock, maintain() gives up with a reason
+    and evicts nothing."""
+    store = make_store(tmp_path)
+    keys = _fill(store, 3)
+    held, release, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
+    holder = SPAWN.Process(
+        target=_hold_lock, args=(str(tmp_path / "maintenance.lock"), held, release, results)
+    )
+    holder.start()
+    try:
+        assert held.wait(WAIT)
+        result = store.maintain(
+            max_size_bytes=1, prune_after_sessions=1, session_start=time.time(), wait_secs=0.2
+        )
+    finally:
+        release.set()
+    assert collect(results, [holder]) == {"holder": "released"}
+    assert result.ran is False
+    assert "another session" in result.reason
+    assert store.keys() == sorted(keys)
+    assert not (tmp_path / "sessions.json").exists()
+
+
+def test_readonly_maintenance_does_nothing(tmp_path: Path) -> None:
+    """A read-only store never evicts."""
+    keys = _fill(make_store(tmp_path), 2)
+    store = Store(tmp_path, readonly=True)
+    result = store.maintain(max_size_bytes=1, prune_after_sessions=1, session_start=1.0)
+    assert (result.ran, result.reason) == (False, "read-only")
+    assert store.keys() == sorted(keys)
+    assert result.as_dict()["ran"] is False
+
+
+# -- inspection ------------------------------------------------------------------------------
+
+
+def test_usage_and_clear(tmp_path: Path) -> None:
+    """usage() counts entries and bytes; clear() removes entries only."""
+    assert Store(tmp_path / "missing").usage() == Usage(0, 0)
+    store = make_store(tmp_path)
+    assert store.usage() == Usage(0, 0)
+    keys = _fill(store, 3)
+    store.put(f"jit_big-{HASH_A}", PAYLOAD * 3)
+    sizes = [path.stat().st_size for path in store.entries_dir.iterdir()]
+    assert store.usage() == Usage(4, sum(sizes))
+    assert store.keys() == sorted(keys + [f"jit_big-{HASH_A}"])
+    assert store.clear() == 4
+    assert store.usage() == Usage(0, 0)
+    assert (tmp_path / "CACHEDIR.TAG").exists() and store.locks_dir.is_dir()
+    assert store.clear() == 0
+
+
+def _write_entry(store: Store, key: str, fingerprint: bytes, written_at: float) -> None:
+    entry_path(store, key).write_bytes(encode(PAYLOAD, 1.0, fingerprint, written_at=written_at))
+
+
+def test_earlier_headers(tmp_path: Path) -> None:
+    """Entries of the same program name written before a time, newest first; the key
+    itself, other names, longer names sharing the prefix, later and broken entries
+    are left out."""
+    store = make_store(tmp_path)
+    _write_entry(store, f"jit_f-{HASH_B}", b"old_____", 100.0)
+    _write_entry(store, f"jit_f-{HASH_C}", b"newer___", 200.0)
+    _write_entry(store, f"jit_f-{'d' * 64}", b"later___", 900.0)  # after `before`
+    _write_entry(store, KEY, b"itself__", 150.0)
+    _write_entry(store, f"jit_fg-{HASH_B}", b"othernam", 150.0)
+    _write_entry(store, f"jit_f-extra-{HASH_B}", b"longer__", 150.0)
+    entry_path(store, f"jit_f-{'e' * 64}").write_bytes(b"garbage")
+
+    found = store.earlier_headers(KEY, before=500.0)
+    assert [name for name, _ in found] == [f"jit_f-{HASH_C}", f"jit_f-{HASH_B}"]
+    assert [header.fingerprint for _, header in found] == [b"newer___", b"old_____"]
+    assert store.earlier_headers(f"jit_nothing-{HASH_A}", before=500.0) == []
+
+
+def test_fingerprint_save_and_load(tmp_path: Path) -> None:
+    """Fingerprints round-trip; unknown, corrupt or non-dict files load as None; an
+    existing one is not overwritten; a read-only store saves nothing."""
+    store = make_store(tmp_path)
+    fingerprint = {"jaxlib": "0.10.2", "XLA_FLAGS": ""}
+    store.save_fingerprint(b"12345678", fingerprint)
+    assert store.load_fingerprint(b"12345678") == fingerprint
+    store.save_fingerprint(b"12345678", {"jaxlib": "other"})
+    assert store.load_fingerprint(b"12345678") == fingerprint
+    assert store.load_fingerprint(b"87654321") is None
+
+    folder = tmp_path / "fingerprints"
+    (folder / f"{b'badjson_'.hex()}.json").write_text("{oops")
+    (folder / f"{b'notadict'.hex()}.json").write_text("[1, 2]")
+    assert store.load_fingerprint(b"badjson_") is None
+    assert store.load_fingerprint(b"notadict") is None
+
+    readonly = Store(tmp_path / "ro", readonly=True)
+    readonly.save_fingerprint(b"12345678", fingerprint)
+    assert not (tmp_path / "ro").exists()
+
+
+def test_stats_are_plain_and_notes_bounded() -> None:
+    """Stats serialise as JSON; notes are de-duplicated and capped."""
+    stats = StoreStats(hits=2)
+    stats.note("same")
+    stats.note("same")
+    assert stats.errors == ["same"]
+    for index in range(30):
+        stats.note(f"error {index}")
+    assert len(stats.errors) == 20
+    assert json.loads(json.dumps(stats.as_dict()))["hits"] == 2
