@@ -5,6 +5,8 @@ one traces and compiles fresh XLA programs (forward pass, loss, and a training
 step that unrolls several SGD updates).
 """
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,7 @@ LEARNING_RATE = 0.05
 def init_params(key, sizes):
     params = []
     keys = jax.random.split(key, len(sizes) - 1)
-    for k, (n_in, n_out) in zip(keys, zip(sizes[:-1], sizes[1:])):
+    for k, (n_in, n_out) in zip(keys, itertools.pairwise(sizes), strict=False):
         w = jax.random.normal(k, (n_in, n_out)) * jnp.sqrt(2.0 / n_in)
         params.append((w, jnp.zeros((n_out,))))
     return params
@@ -48,9 +50,7 @@ def train_step(params, x, y):
         loss, grads = jax.value_and_grad(mse_loss)(params, x, y)
         if first_loss is None:
             first_loss = loss
-        params = jax.tree_util.tree_map(
-            lambda p, g: p - LEARNING_RATE * g, params, grads
-        )
+        params = jax.tree_util.tree_map(lambda p, g: p - LEARNING_RATE * g, params, grads)
     return params, first_loss
 
 
@@ -145,7 +145,7 @@ def test_sgd_reduces_loss(key, sizes, batch):
     # Loss after training should be substantially lower than at init.
     assert final < 0.8 * losses[0], (losses, final)
     # Parameter shapes are preserved by the update.
-    for (w, b), (n_in, n_out) in zip(params, zip(sizes[:-1], sizes[1:])):
+    for (w, b), (n_in, n_out) in zip(params, itertools.pairwise(sizes), strict=False):
         assert w.shape == (n_in, n_out)
         assert b.shape == (n_out,)
 
@@ -166,27 +166,27 @@ def test_grad_matches_finite_differences(key, sizes, batch):
 
     # Directional derivative along a random direction, checked with a central
     # difference computed in float64 numpy.
-    leaves, treedef = jax.tree_util.tree_flatten(params)
+    leaves, _treedef = jax.tree_util.tree_flatten(params)
     dkeys = jax.random.split(kv, len(leaves))
-    direction = [jax.random.normal(k, l.shape) for k, l in zip(dkeys, leaves)]
+    direction = [jax.random.normal(k, leaf.shape) for k, leaf in zip(dkeys, leaves, strict=True)]
     analytic = sum(
         float(jnp.vdot(g, d))
-        for g, d in zip(jax.tree_util.tree_leaves(grads), direction)
+        for g, d in zip(jax.tree_util.tree_leaves(grads), direction, strict=False)
     )
 
     def np_loss(flat):
         h = np.asarray(x, np.float64)
-        pairs = list(zip(flat[0::2], flat[1::2]))
+        pairs = list(zip(flat[0::2], flat[1::2], strict=False))
         for w, b in pairs[:-1]:
             h = np.tanh(h @ w + b)
         w, b = pairs[-1]
         return np.mean((h @ w + b - np.asarray(y, np.float64)) ** 2)
 
-    base = [np.asarray(l, np.float64) for l in leaves]
+    base = [np.asarray(leaf, np.float64) for leaf in leaves]
     dirs = [np.asarray(d, np.float64) for d in direction]
     eps = 1e-5
-    plus = np_loss([p + eps * d for p, d in zip(base, dirs)])
-    minus = np_loss([p - eps * d for p, d in zip(base, dirs)])
+    plus = np_loss([p + eps * d for p, d in zip(base, dirs, strict=False)])
+    minus = np_loss([p - eps * d for p, d in zip(base, dirs, strict=False)])
     numeric = (plus - minus) / (2 * eps)
 
     assert_allclose(analytic, numeric, rtol=2e-3, atol=1e-5)

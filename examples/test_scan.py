@@ -11,7 +11,6 @@ import pytest
 from jax import lax
 from numpy.testing import assert_allclose
 
-
 # ---------------------------------------------------------------------------
 # Elman RNN cell
 # ---------------------------------------------------------------------------

@@ -38,7 +38,6 @@ class ErrorsSwitch:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.enabled: bool | None = None  # unknown until the first test
-        self.switches = 0
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -51,5 +50,4 @@ class ErrorsSwitch:
         hook(config=self.config, enabled=wanted)
         if first and not hook.get_hookimpls():
             return  # no project switch: nothing traced so far can differ
-        self.switches += 1
         jaxhooks.clear_in_memory_caches()
