@@ -22,7 +22,8 @@ NEW_PROGRAM = "new program: no earlier session compiled it"
 PROGRAM_CHANGED = "program changed: same name, other code, shapes, dtypes or options"
 UNKNOWN_ENVIRONMENT = "written under another environment (its fingerprint is gone)"
 
-# Components whose change alters every key, not only some programs.
+# Components whose change alters every key, not only some programs (so do the
+# "backend <name>" platform versions, which JAX hashes into every key).
 _GLOBAL = ("jaxlib", "XLA_FLAGS", "LIBTPU_INIT_ARGS", "compression")
 
 
@@ -44,7 +45,8 @@ def describe_change(old: dict[str, str], new: dict[str, str]) -> str:
             parts.append(f"{name} changed")
         else:
             parts.append(f"{name} {before} -> {after}")
-    suffix = ": every key changed" if any(name in _GLOBAL for name in changed) else ""
+    every_key = any(name in _GLOBAL or name.startswith("backend ") for name in changed)
+    suffix = ": every key changed" if every_key else ""
     return ", ".join(parts) + suffix
 
 

@@ -172,7 +172,9 @@ class Recorder:
     def on_duration(self, event: str, duration: float, **kwargs: Any) -> None:
         try:
             if event == BACKEND_COMPILE_EVENT:
-                self._close_compile(str(kwargs.get("fun_name", "?")), float(duration))
+                pending = self._pending()
+                self._local.pending = None  # whatever happens next, this compile is over
+                self._close_compile(pending, str(kwargs.get("fun_name", "?")), float(duration))
             elif event == TRACE_EVENT:
                 with self._lock:
                     self._counts()[0].trace_secs += float(duration)
@@ -196,9 +198,7 @@ class Recorder:
         if len(self.listener_errors) < 10:
             self.listener_errors.append(f"{type(error).__name__}: {error}")
 
-    def _close_compile(self, name: str, secs: float) -> None:
-        pending = self._pending()
-        self._local.pending = None
+    def _close_compile(self, pending: _Pending, name: str, secs: float) -> None:
         if self._bypassed or not pending.requested:
             outcome = UNCACHED
         elif pending.hit:

@@ -16,7 +16,7 @@ removal or a change of meaning bumps it)::
     store:    what the store did, summed over processes (hits, writes, repaired, ...)
     tests[]:  {nodeid, worker, markers[], phases{setup|call|teardown|collect: counts}}
     compiles[]: {name, outcome: hit|miss|uncachable|uncached, secs, test, phase, worker}
-    uncachable_tests[]: {nodeid, marked, programs[]}
+    uncachable_tests[]: {nodeid, outside, marked, programs[]} (outside: import/collection)
     unneeded_markers[]: nodeids marked jax_errors whose programs were all cachable
     misses[]: {reason, count, examples[]}
     workers:  {id: {store{...}, tests}}, lost_workers[]
@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from pytest_jaxcache.recorder import UNCACHABLE, Counts, Recorder
+from pytest_jaxcache.recorder import OUTSIDE_TESTS, UNCACHABLE, Counts, Recorder
 from pytest_jaxcache.settings import format_size
 
 SCHEMA = "pytest-jaxcache/report"
@@ -95,6 +95,7 @@ def build(
 
 
 def _uncachable_tests(recorder: Recorder) -> list[dict[str, Any]]:
+    """Tests (and work outside tests: ``outside`` true) that compiled uncachable programs."""
     programs: dict[str, list[str]] = {}
     for compile_ in recorder.compiles:
         if compile_.outcome == UNCACHABLE:
@@ -104,6 +105,7 @@ def _uncachable_tests(recorder: Recorder) -> list[dict[str, Any]]:
     return [
         {
             "nodeid": nodeid,
+            "outside": nodeid == OUTSIDE_TESTS,
             "marked": nodeid in recorder.tests and ERRORS_MARKER in recorder.tests[nodeid].markers,
             "programs": names,
         }
@@ -124,7 +126,11 @@ def _unneeded_markers(recorder: Recorder) -> list[str]:
 
 def unmarked_uncachable(data: dict[str, Any]) -> list[str]:
     """Tests not marked ``jax_errors`` that compiled uncachable programs."""
-    return [test["nodeid"] for test in data["uncachable_tests"] if not test["marked"]]
+    return [
+        test["nodeid"]
+        for test in data["uncachable_tests"]
+        if not test["marked"] and not test["outside"]
+    ]
 
 
 # -- terminal ----------------------------------------------------------------------------
@@ -254,7 +260,9 @@ def _uncachable_lines(data: dict[str, Any]) -> list[str]:
     lines = ["uncachable compiles (host callbacks: jax.debug.print/callback, io_callback, checks):"]
     for test in tests:
         programs = ", ".join(test["programs"][:5])
-        if test["marked"]:
+        if test["outside"]:
+            lines.append(f"  {test['nodeid']} (import or collection): {programs}")
+        elif test["marked"]:
             lines.append(f"  {test['nodeid']} [jax_errors]: {programs}")
         else:
             lines.append(

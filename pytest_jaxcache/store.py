@@ -111,7 +111,8 @@ def decode(data: bytes) -> Entry | None:
 def file_name(key: str) -> str:
     """A safe file name for a key. JAX keys are ``<module>-<sha256 hex>``; the hash
     suffix is kept whole, so truncating the module name cannot make two keys collide."""
-    return _UNSAFE.sub("_", key)[-200:]
+    name = _UNSAFE.sub("_", key)[-200:]
+    return "_" + name if name.startswith(".") else name  # never ".", ".." or hidden
 
 
 @dataclass

@@ -62,7 +62,12 @@ PRECEDENCE: list[tuple[Option, str, tuple[str, str, str], tuple[Any, Any, Any]]]
     (MAX_SIZE, "max_size_bytes", ("1MB", "2KiB", "3000"), (10**6, 2048, 3000)),
     (PRUNE_AFTER, "prune_after_sessions", ("3", "4", "5"), (3, 4, None)),
     (MODE, "mode", ("readonly", "readwrite", "readonly"), (Mode.READONLY, Mode.READWRITE, None)),
-    (XLA_CACHES, "xla_caches", ("all", "kernel_cache", "autotune"), ("all", "kernel_cache", "autotune")),
+    (
+        XLA_CACHES,
+        "xla_caches",
+        ("all", "kernel_cache", "autotune"),
+        ("all", "kernel_cache", "autotune"),
+    ),
     (LOCK_TIMEOUT, "lock_timeout_secs", ("1", "2", "3"), (1.0, 2.0, None)),
 ]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue
 import shutil
 import threading
 import time
@@ -86,7 +87,7 @@ def listing(directory: Path) -> list[str]:
 def _guarded(results: Any, role: str, body: Callable[[], Any]) -> None:
     try:
         results.put((role, body()))
-    except BaseException:  # noqa: BLE001 - report to the parent instead of hanging it
+    except BaseException:
         results.put((role, {"error": traceback.format_exc()}))
 
 
@@ -155,17 +156,33 @@ def _claim_release_then_hold(root: str, key: str, held: Any, release: Any, resul
 
 
 def collect(results: Any, processes: list[Any]) -> dict[str, Any]:
-    """Each child's result by role; fails on a child's exception or exit status."""
+    """Each child's result by role; fails on a child's exception or exit status, and
+    fails fast (not after WAIT) when a child died without reporting."""
     found = {}
-    for _ in processes:
-        role, value = results.get(timeout=WAIT)
+    deadline = time.monotonic() + WAIT
+    while len(found) < len(processes) and time.monotonic() < deadline:
+        try:
+            role, value = results.get(timeout=0.5)
+        except queue.Empty:
+            if not any(process.is_alive() for process in processes) and results.empty():
+                break
+            continue
         found[role] = value
     for process in processes:
         process.join(WAIT)
-        assert process.exitcode == 0
     for role, value in found.items():
         assert not (isinstance(value, dict) and "error" in value), f"{role}: {value['error']}"
+    assert [process.exitcode for process in processes] == [0] * len(processes)
+    assert len(found) == len(processes), f"children reported only {sorted(found)}"
     return found
+
+
+def wait_for(event: Any, process: Any) -> None:
+    """Wait until a child sets ``event``; fail at once if the child dies first."""
+    deadline = time.monotonic() + WAIT
+    while not event.wait(0.1):
+        assert process.is_alive(), f"child exited with {process.exitcode} before signalling"
+        assert time.monotonic() < deadline, "child never signalled"
 
 
 # -- format ----------------------------------------------------------------------------------
@@ -263,8 +280,10 @@ def test_create_makes_layout(tmp_path: Path) -> None:
     store = make_store(root)
     for name in ("entries", "tmp", "locks"):
         assert (root / name).is_dir()
-    assert (root / "CACHEDIR.TAG").read_text().startswith(
-        "Signature: 8a477f597d28d172789f06886806bc55"
+    assert (
+        (root / "CACHEDIR.TAG")
+        .read_text()
+        .startswith("Signature: 8a477f597d28d172789f06886806bc55")
     )
     assert "*" in (root / ".gitignore").read_text().splitlines()
     assert listing(store.tmp_dir) == []
@@ -333,7 +352,7 @@ def test_overwrite_and_no_tmp_files_left(tmp_path: Path) -> None:
     entry = store.get(KEY)
     assert entry is not None and entry.payload == PAYLOAD + b"\x04"
     assert listing(store.tmp_dir) == []
-    assert len(store.keys()) == 6
+    assert len(store.entry_names()) == 6
 
 
 @pytest.mark.parametrize("damage", ["zero-length", "payload truncated", "garbage", "padded"])
@@ -444,8 +463,12 @@ def test_second_process_waits_for_first_compile(tmp_path: Path) -> None:
     make_store(tmp_path)
     claimed, waiting, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
     processes = [
-        SPAWN.Process(target=_compile_then_put, args=(str(tmp_path), KEY, claimed, waiting, results)),
-        SPAWN.Process(target=_get_while_claimed, args=(str(tmp_path), KEY, claimed, waiting, results)),
+        SPAWN.Process(
+            target=_compile_then_put, args=(str(tmp_path), KEY, claimed, waiting, results)
+        ),
+        SPAWN.Process(
+            target=_get_while_claimed, args=(str(tmp_path), KEY, claimed, waiting, results)
+        ),
     ]
     for process in processes:
         process.start()
@@ -472,7 +495,7 @@ def test_lock_timeout_gives_up_and_compiles(tmp_path: Path) -> None:
     )
     holder.start()
     try:
-        assert held.wait(WAIT)
+        wait_for(held, holder)
         assert store.get(KEY) is None
         assert store.stats.lock_waits == 1
         assert store.stats.lock_timeouts == 1
@@ -495,7 +518,7 @@ def test_nocache_marker_stops_waiting_in_other_processes(tmp_path: Path) -> None
     )
     holder.start()
     try:
-        assert held.wait(WAIT)
+        wait_for(held, holder)
         assert (store.locks_dir / f"{KEY}.nocache").exists()
         assert store.get(KEY) is None
         assert store.stats.lock_waits == 0
@@ -526,13 +549,11 @@ def test_size_cap_evicts_least_recently_used(tmp_path: Path) -> None:
         set_mtime(entry_path(store, key), now - 1000 + 10 * index)
     assert store.get(keys[0]) is not None  # the oldest is used again: now the newest
 
-    result = store.maintain(
-        max_size_bytes=2 * size, prune_after_sessions=None, session_start=now
-    )
+    result = store.maintain(max_size_bytes=2 * size, prune_after_sessions=None, session_start=now)
     assert result.ran
     assert (result.evicted, result.evicted_bytes) == (2, 2 * size)
     assert result.pruned == 0
-    assert store.keys() == sorted([keys[0], keys[3]])
+    assert store.entry_names() == sorted([keys[0], keys[3]])
     assert store.usage() == Usage(2, 2 * size)
 
 
@@ -542,7 +563,7 @@ def test_no_cap_evicts_nothing(tmp_path: Path) -> None:
     keys = _fill(store, 3)
     result = store.maintain(max_size_bytes=None, prune_after_sessions=None, session_start=1.0)
     assert result.ran and result.evicted == 0
-    assert store.keys() == sorted(keys)
+    assert store.entry_names() == sorted(keys)
 
 
 def test_prune_after_sessions(tmp_path: Path) -> None:
@@ -554,20 +575,36 @@ def test_prune_after_sessions(tmp_path: Path) -> None:
             max_size_bytes=None, prune_after_sessions=None, session_start=start
         ).ran
     keys = _fill(store, 4)
-    for key, when in zip(keys[:3], (1500.0, 2500.0, 3500.0)):
+    for key, when in zip(keys[:3], (1500.0, 2500.0, 3500.0), strict=True):
         set_mtime(entry_path(store, key), when)
     size = entry_path(store, keys[0]).stat().st_size
 
     # too few sessions for N=10: nothing pruned yet
     result = store.maintain(max_size_bytes=None, prune_after_sessions=10, session_start=3000.0)
-    assert result.pruned == 0 and len(store.keys()) == 4
+    assert result.pruned == 0 and len(store.entry_names()) == 4
 
     result = store.maintain(max_size_bytes=None, prune_after_sessions=2, session_start=4000.0)
     assert result.ran
     assert (result.pruned, result.pruned_bytes) == (2, 2 * size)
-    assert store.keys() == sorted(keys[2:])
+    assert store.entry_names() == sorted(keys[2:])
     sessions = json.loads((tmp_path / "sessions.json").read_text())["sessions"]
     assert sessions == [1000.0, 2000.0, 3000.0, 4000.0]
+    assert store.sessions() == sessions
+
+
+def test_maintenance_outside_a_session(tmp_path: Path) -> None:
+    """session_start=None (the CLI) prunes against the recorded sessions without
+    recording one of its own."""
+    store = make_store(tmp_path)
+    for start in (1000.0, 2000.0, 3000.0):
+        store.maintain(max_size_bytes=None, prune_after_sessions=None, session_start=start)
+    keys = _fill(store, 3)
+    for key, when in zip(keys, (1500.0, 2500.0, 3500.0), strict=True):
+        set_mtime(entry_path(store, key), when)
+    result = store.maintain(max_size_bytes=None, prune_after_sessions=2, session_start=None)
+    assert result.ran and result.pruned == 1
+    assert store.entry_names() == sorted(keys[1:])
+    assert store.sessions() == [1000.0, 2000.0, 3000.0]
 
 
 def test_corrupt_sessions_file_is_replaced(tmp_path: Path) -> None:
@@ -618,7 +655,7 @@ def test_maintenance_skipped_while_another_session_holds_the_lock(tmp_path: Path
     )
     holder.start()
     try:
-        assert held.wait(WAIT)
+        wait_for(held, holder)
         result = store.maintain(
             max_size_bytes=1, prune_after_sessions=1, session_start=time.time(), wait_secs=0.2
         )
@@ -627,7 +664,7 @@ def test_maintenance_skipped_while_another_session_holds_the_lock(tmp_path: Path
     assert collect(results, [holder]) == {"holder": "released"}
     assert result.ran is False
     assert "another session" in result.reason
-    assert store.keys() == sorted(keys)
+    assert store.entry_names() == sorted(keys)
     assert not (tmp_path / "sessions.json").exists()
 
 
@@ -637,7 +674,7 @@ def test_readonly_maintenance_does_nothing(tmp_path: Path) -> None:
     store = Store(tmp_path, readonly=True)
     result = store.maintain(max_size_bytes=1, prune_after_sessions=1, session_start=1.0)
     assert (result.ran, result.reason) == (False, "read-only")
-    assert store.keys() == sorted(keys)
+    assert store.entry_names() == sorted(keys)
     assert result.as_dict()["ran"] is False
 
 
@@ -653,7 +690,7 @@ def test_usage_and_clear(tmp_path: Path) -> None:
     store.put(f"jit_big-{HASH_A}", PAYLOAD * 3)
     sizes = [path.stat().st_size for path in store.entries_dir.iterdir()]
     assert store.usage() == Usage(4, sum(sizes))
-    assert store.keys() == sorted(keys + [f"jit_big-{HASH_A}"])
+    assert store.entry_names() == sorted([*keys, f"jit_big-{HASH_A}"])
     assert store.clear() == 4
     assert store.usage() == Usage(0, 0)
     assert (tmp_path / "CACHEDIR.TAG").exists() and store.locks_dir.is_dir()

@@ -1,0 +1,211 @@
+"""Unit tests of miss explanations, over real store entries written by earlier
+'sessions' (stores stamped with different fingerprints)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pytest_jaxcache.explain import (
+    NEW_PROGRAM,
+    PROGRAM_CHANGED,
+    UNKNOWN_ENVIRONMENT,
+    Miss,
+    describe_change,
+    explain,
+    summarise,
+)
+from pytest_jaxcache.store import NO_FINGERPRINT, Store, decode_header, encode, file_name
+
+H1, H2, H3 = "1" * 64, "2" * 64, "3" * 64
+
+OLD_ID, NEW_ID, GONE_ID = b"old_____", b"new_____", b"gone____"
+OLD = {
+    "jax": "0.10.1",
+    "jaxlib": "0.10.1",
+    "XLA_FLAGS": "",
+    "jax_enable_x64": "False",
+    "compression": "zstandard",
+}
+NEW = {**OLD, "jax": "0.10.2", "jaxlib": "0.10.2"}
+
+
+# -- describe_change -------------------------------------------------------------------------
+
+
+def test_jaxlib_upgrade_changes_every_key() -> None:
+    """A jaxlib upgrade is named with both versions and flagged as global."""
+    assert (
+        describe_change({"jaxlib": "0.10.1"}, {"jaxlib": "0.10.2"})
+        == "jaxlib 0.10.1 -> 0.10.2: every key changed"
+    )
+
+
+def test_xla_flags_change_hides_values() -> None:
+    """XLA_FLAGS changes are named without dumping the (long) flag strings."""
+    text = describe_change(
+        {"XLA_FLAGS": "", "jaxlib": "0.10.2"},
+        {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true", "jaxlib": "0.10.2"},
+    )
+    assert text == "XLA_FLAGS changed: every key changed"
+    assert (
+        describe_change({"LIBTPU_INIT_ARGS": "a"}, {"LIBTPU_INIT_ARGS": "b"})
+        == "LIBTPU_INIT_ARGS changed: every key changed"
+    )
+
+
+def test_config_change_is_not_global() -> None:
+    """A key-relevant config option changes some keys, not 'every key'."""
+    text = describe_change(
+        {"jax_enable_x64": "False", "jaxlib": "0.10.2"},
+        {"jax_enable_x64": "True", "jaxlib": "0.10.2"},
+    )
+    assert text == "jax_enable_x64 False -> True"
+    assert "every key" not in text
+
+
+def test_several_changes_sorted_with_unset_values() -> None:
+    """Several changes are listed by name; empty values read '(unset)'; one global
+    change makes the whole description global; unchanged components are not named."""
+    text = describe_change(
+        {"jax_default_matmul_precision": "", "compression": "zlib", "jax": "0.10.2"},
+        {"jax_default_matmul_precision": "highest", "compression": "zstandard", "jax": "0.10.2"},
+    )
+    assert text == (
+        "compression zlib -> zstandard, jax_default_matmul_precision (unset) -> highest"
+        ": every key changed"
+    )
+    assert "jax " not in text
+
+
+def test_only_one_side_records_the_difference() -> None:
+    """Fingerprints that differ only in components one side lacks say so."""
+    assert describe_change({"jaxlib": "1", "a": "x"}, {"jaxlib": "1", "b": "y"}) == (
+        "environment changed (a component only one side records)"
+    )
+
+
+# -- explain over real entries ---------------------------------------------------------------
+
+
+def session_store(root: Path, fingerprint_id: bytes, fingerprint: dict[str, str] | None) -> Store:
+    """A store as a session opens it: created, stamped, its fingerprint saved."""
+    store = Store(root)
+    store.create()
+    store.fingerprint = fingerprint_id
+    if fingerprint is not None:
+        store.save_fingerprint(fingerprint_id, fingerprint)
+    return store
+
+
+def write(store: Store, key: str) -> None:
+    """Compile-and-write as JAX does through the store: a miss, then a put."""
+    assert store.get(key) is None
+    assert store.put(key, b"program " + key.encode(), 0.5)
+
+
+def later_than_every_entry(store: Store) -> float:
+    """A session start strictly after every entry now in the store was written."""
+    newest = 0.0
+    for path in store.entries_dir.iterdir():
+        header = decode_header(path.read_bytes())
+        assert header is not None
+        newest = max(newest, header.written_at)
+    now = time.time()
+    while now <= newest:  # wait for the clock to tick past the last write
+        now = time.time()
+    return now
+
+
+def test_explain_each_reason(tmp_path: Path) -> None:
+    """A new session's misses get: the environment change for programs an older
+    environment wrote, 'program changed' for programs written under the same (or no)
+    fingerprint, 'new program' for names never written before the session, and
+    'fingerprint gone' when the older environment's record is missing."""
+    old = session_store(tmp_path, OLD_ID, OLD)
+    write(old, f"jit_upgraded-{H1}")
+    same = session_store(tmp_path, NEW_ID, NEW)
+    write(same, f"jit_edited-{H1}")
+    anonymous = session_store(tmp_path, NO_FINGERPRINT, None)
+    write(anonymous, f"jit_unstamped-{H1}")
+    gone = session_store(tmp_path, GONE_ID, None)
+    write(gone, f"jit_orphan-{H1}")
+    started = later_than_every_entry(old)
+
+    current = session_store(tmp_path, NEW_ID, NEW)
+    other_worker = session_store(tmp_path, NEW_ID, NEW)
+    write(other_worker, f"jit_fresh-{H1}")  # during this session: not an earlier one
+    keys = [
+        f"jit_{name}-{H2}"
+        for name in ("upgraded", "edited", "unstamped", "orphan", "fresh", "brand_new")
+    ]
+    for key in keys:
+        write(current, key)
+    misses = explain(current, set(current.missed) & current.written, before=started, current=NEW)
+
+    assert [miss.key for miss in misses] == sorted(keys)
+    reasons = {miss.key.split("-")[0]: miss.reason for miss in misses}
+    assert reasons == {
+        "jit_upgraded": describe_change(OLD, NEW),
+        "jit_edited": PROGRAM_CHANGED,
+        "jit_unstamped": PROGRAM_CHANGED,
+        "jit_orphan": UNKNOWN_ENVIRONMENT,
+        "jit_fresh": NEW_PROGRAM,
+        "jit_brand_new": NEW_PROGRAM,
+    }
+    assert reasons["jit_upgraded"] == (
+        "jax 0.10.1 -> 0.10.2, jaxlib 0.10.1 -> 0.10.2: every key changed"
+    )
+
+
+def _write_at(store: Store, key: str, fingerprint: bytes, written_at: float) -> None:
+    (store.entries_dir / file_name(key)).write_bytes(
+        encode(b"payload", 1.0, fingerprint, written_at=written_at)
+    )
+
+
+def test_newest_earlier_entry_decides(tmp_path: Path) -> None:
+    """With several earlier entries for a program, the most recent one explains it."""
+    store = session_store(tmp_path, NEW_ID, NEW)
+    store.save_fingerprint(OLD_ID, OLD)
+    _write_at(store, f"jit_a-{H1}", OLD_ID, 100.0)
+    _write_at(store, f"jit_a-{H2}", NEW_ID, 200.0)
+    _write_at(store, f"jit_b-{H1}", NEW_ID, 100.0)
+    _write_at(store, f"jit_b-{H2}", OLD_ID, 200.0)
+    _write_at(store, f"jit_c-{H1}", OLD_ID, 900.0)  # after the session began
+    misses = explain(
+        store, [f"jit_a-{H3}", f"jit_b-{H3}", f"jit_c-{H3}"], before=500.0, current=NEW
+    )
+    assert misses == [
+        Miss(f"jit_a-{H3}", PROGRAM_CHANGED),
+        Miss(f"jit_b-{H3}", describe_change(OLD, NEW)),
+        Miss(f"jit_c-{H3}", NEW_PROGRAM),
+    ]
+
+
+def test_explain_nothing(tmp_path: Path) -> None:
+    """No keys, no explanations; an empty store explains everything as new."""
+    store = session_store(tmp_path, NEW_ID, NEW)
+    assert explain(store, set(), before=time.time(), current=NEW) == []
+    assert explain(store, {f"jit_x-{H1}"}, before=time.time(), current=NEW) == [
+        Miss(f"jit_x-{H1}", NEW_PROGRAM)
+    ]
+
+
+# -- summarise -------------------------------------------------------------------------------
+
+
+def test_summarise_orders_by_count_with_examples() -> None:
+    """Most frequent reason first; up to three distinct program names each."""
+    misses = [Miss(f"jit_x-{H1}", "rare")]
+    misses += [
+        Miss(f"jit_{p}-{h}", "common")
+        for p, h in [("a", H1), ("a", H2), ("b", H1), ("c", H1), ("d", H1)]
+    ]
+    misses += [Miss(f"jit_y-{H1}", "middle"), Miss(f"jit_z-{H1}", "middle")]
+    assert summarise(misses) == [
+        ("common", 5, ["jit_a", "jit_b", "jit_c"]),
+        ("middle", 2, ["jit_y", "jit_z"]),
+        ("rare", 1, ["jit_x"]),
+    ]
+    assert summarise([]) == []
