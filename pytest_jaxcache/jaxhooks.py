@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import pathlib
+import sys
 import threading
 import time
 import warnings
@@ -58,6 +59,20 @@ def version(distribution: str) -> str | None:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def ensure_available() -> None:
+    """Raise :class:`JaxMissing` unless JAX imports."""
+    _import_jax()
+
+
+def keep_jax_cache_off(variable: str) -> None:
+    """The user switched the cache off explicitly (an empty ``--jax-cache-dir`` or ini
+    value), over ``variable`` in the environment, which JAX would read on import."""
+    os.environ[variable] = ""
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        jax.config.update("jax_compilation_cache_dir", None)
 
 
 def _import_jax() -> ModuleType:
@@ -174,7 +189,9 @@ def install(
     if store is not None and use_our_store and seam is None:
         installation.notices.append(f"{why_not}; using {JAX_STORE} (no atomic writes)")
 
-    if store is not None:
+    if store is None:  # no usable dir: no lookups (they could only miss)
+        _update_config(jax, installation, "jax_enable_compilation_cache", False)
+    else:
         updates: dict[str, Any] = {
             "jax_enable_compilation_cache": True,
             "jax_compilation_cache_dir": str(store.root),

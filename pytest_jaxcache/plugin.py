@@ -109,6 +109,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     except settings.SettingsError as error:
         raise pytest.UsageError(f"pytest-jaxcache: {error}") from None
     if not resolved.enabled:
+        env = settings.DIR.env
+        if resolved.dir_source.kind in ("cli", "ini") and env and os.environ.get(env):
+            jaxhooks.keep_jax_cache_off(env)
         return
     session = CacheSession(
         settings=resolved,

@@ -40,6 +40,7 @@ class CacheSession:
 
     def start(self) -> None:
         """Open the store and configure JAX. Raises :class:`jaxhooks.JaxMissing`."""
+        jaxhooks.ensure_available()  # before the store creates a directory
         self.mode = self.settings.mode
         self.store = self._open_store()
         self.installation = jaxhooks.install(

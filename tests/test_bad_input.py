@@ -1,0 +1,351 @@
+"""Bad input never crashes a session or fails a test: invalid options are usage errors
+that name their source; a cache directory that cannot be used gives a notice and the
+suite runs (uncached, or read-only); a missing JAX is one clear message. Real pytest
+sessions in subprocesses, real JAX on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import UNRELATED_PLUGINS, RunJax, entries
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+SUITE = """
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+
+    @pytest.mark.parametrize("n", [2, 3])
+    def test_sin_shapes(n):
+        assert jax.jit(lambda x: jnp.sin(x) * 2.0)(jnp.ones(n)).shape == (n,)
+
+
+    def test_cos():
+        assert float(jax.jit(jnp.cos)(jnp.zeros(2))[0]) == 1.0
+"""
+N_SUITE = 3
+
+
+def assert_clean_usage_error(result: pytest.RunResult, *fragments: str) -> None:
+    """Exit code 4, one ``pytest-jaxcache:`` line naming ``fragments``, no traceback,
+    no test run."""
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.outlines + result.errlines
+    lines = [line for line in result.errlines if "pytest-jaxcache:" in line]
+    assert len(lines) == 1, result.errlines
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output and "INTERNALERROR" not in output, output
+    assert "passed" not in result.stdout.str()
+
+
+# -- invalid values: usage errors ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "env", "fragments"),
+    [
+        pytest.param(
+            ["--jax-cache-dir=afile"],
+            "",
+            {},
+            ["--jax-cache-dir", "not a directory"],
+            id="cli-dir-file",
+        ),
+        pytest.param(
+            [],
+            "jax_cache_dir = afile",
+            {},
+            ["ini jax_cache_dir", "not a directory"],
+            id="ini-dir-file",
+        ),
+        pytest.param(
+            ["--jax-cache-dir=c", "--jax-cache-min-compile-time=abc"],
+            "",
+            {},
+            ["--jax-cache-min-compile-time", "'abc'"],
+            id="cli-min-compile-time",
+        ),
+        pytest.param(
+            ["--jax-cache-dir=c"],
+            "jax_cache_min_compile_time = abc",
+            {},
+            ["ini jax_cache_min_compile_time", "'abc'"],
+            id="ini-min-compile-time",
+        ),
+        pytest.param(
+            ["--jax-cache-dir=c"],
+            "",
+            {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "abc"},
+            ["env JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "'abc'"],
+            id="env-min-compile-time",
+        ),
+        pytest.param(
+            ["--jax-cache-dir=c", "--jax-cache-min-compile-time=-1"],
+            "",
+            {},
+            ["--jax-cache-min-compile-time", "at least 0"],
+            id="cli-negative-min-compile-time",
+        ),
+        pytest.param(
+            ["--jax-cache-dir=c", "--jax-cache-max-size=lots"],
+            "",
+            {},
+            ["--jax-cache-max-size", "'lots'"],
+            id="cli-max-size",
+        ),
+        pytest.param(
+            ["--jax-cache-dir=c", "--jax-cache-mode=sometimes"],
+            "",
+            {},
+            ["--jax-cache-mode", "readwrite, readonly", "'sometimes'"],
+            id="cli-mode",
+        ),
+    ],
+)
+def test_invalid_value_is_a_usage_error_naming_its_source(
+    pytester: pytest.Pytester,
+    run_jax: RunJax,
+    clean_env: pytest.MonkeyPatch,
+    args: list[str],
+    ini: str,
+    env: dict[str, str],
+    fragments: list[str],
+) -> None:
+    """Each invalid value stops pytest with exit code 4 and one message that names the
+    option, ini key or env variable it came from; no traceback, no test runs."""
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    (pytester.path / "afile").write_text("not a directory\n")
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    result, report = run_jax(*args)
+    assert_clean_usage_error(result, *fragments)
+    assert report == {}
+
+
+# -- directories that cannot be used: notices, tests pass ---------------------------------
+
+
+def test_uncreatable_dir_runs_uncached_with_a_notice(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """A cache dir whose parent is a file cannot be created: the suite passes uncached
+    and the header, the report section and the JSON report say so."""
+    pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
+    (pytester.path / "somefile").write_text("a file, not a directory\n")
+    result, report = run_jax("--jax-cache-dir=somefile/sub")
+    result.assert_outcomes(passed=N_SUITE)
+    notices = report["cache"]["notices"]
+    assert len(notices) == 1, notices
+    assert notices[0].startswith(f"cannot use {pytester.path / 'somefile' / 'sub'} (")
+    assert notices[0].endswith("running uncached")
+    assert report["cache"]["store"] == "none"
+    assert report["store"]["writes"] == 0 and report["totals"]["hits"] == 0
+    assert any(line == f"jaxcache: notice: {notices[0]}" for line in result.outlines)
+    assert any(line == f"notice: {notices[0]}" for line in result.outlines)
+    assert (pytester.path / "somefile").is_file()
+
+
+def test_uncached_session_does_not_blame_tests(pytester: pytest.Pytester, run_jax: RunJax) -> None:
+    """A session running uncached (its cache dir unusable) records its compiles as
+    ``uncached``, not ``uncachable``: no test is listed as compiling uncachable programs
+    or told to add ``jax_errors`` (which ``--jax-cache-strict`` would turn into a failure)."""
+    pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
+    (pytester.path / "somefile").write_text("a file, not a directory\n")
+    result, report = run_jax("--jax-cache-dir=somefile/sub")
+    result.assert_outcomes(passed=N_SUITE)
+    assert report["cache"]["store"] == "none"
+    assert report["compiles"]
+    assert {c["outcome"] for c in report["compiles"]} == {"uncached"}, report["compiles"]
+    assert report["uncachable_tests"] == []
+    assert report["cachable"]["uncachable"] == 0
+    assert not any("not marked" in line for line in result.outlines)
+
+
+def test_readonly_mode_on_missing_dir_runs_uncached_with_a_notice(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """``--jax-cache-mode=readonly`` on a dir that does not exist: a notice, the suite
+    passes, and nothing is created."""
+    pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
+    missing = pytester.path / "missing"
+    result, report = run_jax(f"--jax-cache-dir={missing}", "--jax-cache-mode=readonly")
+    result.assert_outcomes(passed=N_SUITE)
+    assert report["cache"]["notices"] == [
+        f"read-only cache {missing} does not exist: running uncached"
+    ]
+    assert report["cache"]["mode"] == "readonly"
+    assert report["store"]["writes"] == 0
+    assert any("jaxcache: notice: read-only cache" in line for line in result.outlines)
+    assert not missing.exists()
+
+
+def _set_tree_mode(root: Path, dirs: int, files: int) -> None:
+    for path in [root, *root.rglob("*")]:
+        path.chmod(dirs if path.is_dir() else files)
+
+
+def _unprivileged_prefix(probe_dir: Path) -> list[str]:
+    """A command prefix under which file permissions apply to this process's children.
+
+    As a normal user that is no prefix. As root (permissions ignored), drop the
+    capabilities that override them (``CAP_DAC_OVERRIDE``, ``CAP_DAC_READ_SEARCH``) with
+    ``setpriv``: the child stays uid 0, so it can still run this interpreter (which may
+    live in root's 0700 home, out of reach of ``nobody``), but a 0555 directory is
+    read-only to it. Skips, with the reason, when that is not possible here.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root, which ignores permissions, and setpriv is not installed")
+    caps = "-dac_override,-dac_read_search"
+    prefix = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    probe_dir.mkdir()
+    probe_dir.chmod(0o555)
+    try:
+        probe = subprocess.run(
+            [*prefix, sys.executable, "-c", f"open({str(probe_dir / 'x')!r}, 'w')"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        probe_dir.chmod(0o755)
+    if probe.returncode == 0 or "PermissionError" not in probe.stderr:
+        pytest.skip(
+            f"cannot drop CAP_DAC_OVERRIDE with setpriv here: {probe.stderr.strip()[-300:]}"
+        )
+    return prefix
+
+
+@pytest.fixture
+def readonly_tree() -> Iterator[list[Path]]:
+    """Trees made read-only by a test; writable again afterwards, so they can be removed."""
+    roots: list[Path] = []
+    yield roots
+    for root in roots:
+        _set_tree_mode(root, 0o755, 0o644)
+
+
+def test_unwritable_dir_is_used_read_only(
+    pytester: pytest.Pytester,
+    run_jax: RunJax,
+    readonly_tree: list[Path],
+) -> None:
+    """A filled cache dir the user may read but not write: the suite passes, every
+    program is served from the cache, nothing is written, and the header and the
+    report say the cache is used read-only."""
+    prefix = _unprivileged_prefix(pytester.path / "probe")
+    pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
+    cache = pytester.path / "cache"
+    result, cold = run_jax(f"--jax-cache-dir={cache}")
+    result.assert_outcomes(passed=N_SUITE)
+    assert cold["store"]["writes"] > 0
+    before = {path.name: path.stat().st_mtime_ns for path in entries(cache)}
+
+    readonly_tree.append(cache)
+    _set_tree_mode(cache, 0o555, 0o444)
+    report_path = pytester.path / "readonly-report.json"
+    result = pytester.run(
+        *prefix,
+        sys.executable,
+        "-m",
+        "pytest",
+        f"--basetemp={pytester.path / 'basetemp-ro'}",
+        "-p",
+        "no:cacheprovider",
+        *UNRELATED_PLUGINS,
+        f"--jax-cache-dir={cache}",
+        f"--jax-cache-report={report_path}",
+        timeout=300,
+    )
+    result.assert_outcomes(passed=N_SUITE)
+    report = json.loads(report_path.read_text())
+    assert report["cache"]["mode"] == "readonly"
+    notices = report["cache"]["notices"]
+    assert len(notices) == 1 and notices[0].startswith(f"{cache} is not writable"), notices
+    assert notices[0].endswith("using it read-only")
+    assert any(line == f"jaxcache: notice: {notices[0]}" for line in result.outlines)
+    assert any(
+        line.startswith(f"jaxcache: {cache} (from --jax-cache-dir)") and "readonly" in line
+        for line in result.outlines
+    )
+    cachable = report["cachable"]
+    assert cachable["hits"] == cachable["requests"] == cold["cachable"]["misses"] > 0
+    assert report["store"]["writes"] == 0
+    assert {path.name: path.stat().st_mtime_ns for path in entries(cache)} == before
+
+
+# -- JAX not installed --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def python_without_jax(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The interpreter of a fresh venv (no system site packages) with pytest, filelock
+    and this project installed, and no JAX. Built once per session."""
+    root = tmp_path_factory.mktemp("nojax")
+    source = root / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(PROJECT / name, source / name)
+    shutil.copytree(
+        PROJECT / "pytest_jaxcache",
+        source / "pytest_jaxcache",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    python = venv / "bin" / "python"
+    for command in (
+        ["install", "--quiet", "pytest", "filelock"],
+        ["install", "--quiet", "--no-deps", str(source)],
+    ):
+        done = subprocess.run(
+            [str(python), "-m", "pip", *command], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            pytest.skip(
+                f"cannot build a venv without JAX: pip {' '.join(command)}: {done.stderr[-500:]}"
+            )
+    check = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print(u.find_spec('jax') is None)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert check.stdout.strip() == "True", "the venv can import jax"
+    return python
+
+
+@pytest.mark.slow
+def test_missing_jax(
+    pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, python_without_jax: Path
+) -> None:
+    """Without JAX the plugin stays out of the way of a plain suite; asked for a cache,
+    it stops with one clear usage error saying JAX is not installed."""
+    pytester.makepyfile(test_plain="def test_plain():\n    assert 1 + 1 == 2\n")
+    base = ("-m", "pytest", "-p", "no:cacheprovider")
+
+    result = pytester.run(python_without_jax, *base, f"--basetemp={pytester.path / 't1'}")
+    result.assert_outcomes(passed=1)
+    plugins = [line for line in result.outlines if line.startswith("plugins:")]
+    assert plugins and "jaxcache" in plugins[0], result.outlines
+
+    result = pytester.run(
+        python_without_jax, *base, f"--basetemp={pytester.path / 't2'}", "--jax-cache-dir=cache"
+    )
+    assert_clean_usage_error(result, "--jax-cache-dir", "JAX is not installed")
+    assert (result.stdout.str() + result.stderr.str()).count("JAX is not installed") == 1
