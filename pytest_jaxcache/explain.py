@@ -5,9 +5,10 @@ key besides the program: jaxlib version, XLA flags, key-relevant config, ...). F
 miss of ``<name>-<hash>`` we look for an earlier entry with the same program name:
 
 - none: a new program, no earlier session compiled it;
-- one written under another fingerprint: name the components that changed;
 - one written under the same fingerprint: the program itself changed (code, shapes,
-  dtypes, compile options).
+  dtypes, compile options);
+- only ones written under other fingerprints: name the components that changed since
+  the newest of them.
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ def explain(
         if not earlier:
             misses.append(Miss(key, NEW_PROGRAM))
             continue
-        fingerprint = earlier[0][1].fingerprint
-        if fingerprint in (store.fingerprint, NO_FINGERPRINT):
+        fingerprints = {header.fingerprint for _, header in earlier}
+        if fingerprints & {store.fingerprint, NO_FINGERPRINT}:
+            # Some earlier entry was written under this very environment: the program
+            # itself changed, whatever other environments wrote since.
             misses.append(Miss(key, PROGRAM_CHANGED))
             continue
-        old = store.load_fingerprint(fingerprint)
+        old = store.load_fingerprint(earlier[0][1].fingerprint)
         reason = UNKNOWN_ENVIRONMENT if old is None else describe_change(old, current)
         misses.append(Miss(key, reason))
     return misses

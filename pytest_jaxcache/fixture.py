@@ -23,6 +23,11 @@ _WHY = {
 }
 
 
+def _why(record: CompileRecord, reasons: dict[str, str]) -> str:
+    reason = reasons.get(record.key, "")
+    return _WHY.get(record.outcome) or _WHY.get(reason) or reason or "not found in the cache"
+
+
 class JaxCache:
     """Handed to tests that ask for the ``jax_cache`` fixture."""
 
@@ -73,16 +78,12 @@ class JaxCache:
         if failed:
             missed = list(store.missed)[first_miss:]
             reasons = {
-                miss.key.rsplit("-", 1)[0]: miss.reason
+                miss.key: miss.reason
                 for miss in explain.explain(
-                    store, set(missed), before=before, current=session.fingerprint
+                    store, missed, before=before, current=session.fingerprint
                 )
             }
-            lines = [
-                f"  {c.name}: {c.outcome}: "
-                + _WHY.get(c.outcome, _WHY.get(reasons.get(c.name, ""), reasons.get(c.name, "")))
-                for c in failed
-            ]
+            lines = [f"  {c.name}: {c.outcome}: {_why(c, reasons)}" for c in failed]
             pytest.fail(
                 f"{len(failed)} of {len(compiled)} programs did not come from the persistent "
                 "cache:\n" + "\n".join(lines),

@@ -291,10 +291,8 @@ def _adapter_class(interface: type) -> type:
         def get(self, key: str) -> bytes | None:
             self._first_use()
             entry = self._store.get(key)
-            if entry is None:
-                return None
-            self._recorder.note_stored_compile_secs(entry.compile_secs)
-            return entry.payload
+            self._recorder.note_lookup(key, None if entry is None else entry.compile_secs)
+            return None if entry is None else entry.payload
 
         def put(self, key: str, value: bytes) -> None:
             started = getattr(_compile_state, "started", None)

@@ -77,6 +77,7 @@ class CompileRecord:
     test: str
     phase: str
     worker: str = ""
+    key: str = ""  # the cache key, when our store saw the lookup
 
 
 @dataclass
@@ -100,6 +101,7 @@ class _Pending:
     requested: bool = False
     hit: bool = False
     written: bool = False
+    key: str = ""
     stored_compile_secs: float | None = None
     trace_secs: float = 0.0
     lower_secs: float = 0.0
@@ -184,9 +186,12 @@ class Recorder:
         except Exception as error:
             self._listener_failed(error)
 
-    def note_stored_compile_secs(self, secs: float | None) -> None:
-        """Our store read a hit whose original compile took ``secs``."""
-        self._pending().stored_compile_secs = secs
+    def note_lookup(self, key: str, stored_compile_secs: float | None) -> None:
+        """Our store looked ``key`` up; on a hit, its program once took
+        ``stored_compile_secs`` to compile (``None``: unknown, or a miss)."""
+        pending = self._pending()
+        pending.key = key
+        pending.stored_compile_secs = stored_compile_secs
 
     def note_cache_warning(self, message: str) -> None:
         """JAX warned about a cache read or write; we counted it instead."""
@@ -226,7 +231,9 @@ class Recorder:
                     counts.uncachable += 1
                 else:
                     counts.uncached += 1
-            self.compiles.append(CompileRecord(name, outcome, secs, nodeid, phase, self.worker))
+            self.compiles.append(
+                CompileRecord(name, outcome, secs, nodeid, phase, self.worker, pending.key)
+            )
 
     # -- xdist --------------------------------------------------------------------------
 

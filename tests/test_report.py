@@ -38,8 +38,8 @@ def compile_(
     """Emit the monitoring events JAX emits for one compile with ``outcome``."""
     if outcome != UNCACHED:
         recorder.on_event(REQUEST_EVENT)
+        recorder.note_lookup(f"{name}-0123", stored if outcome == HIT else None)
     if outcome == HIT:
-        recorder.note_stored_compile_secs(stored)
         recorder.on_event(HIT_EVENT)
     elif outcome == MISS:
         recorder.on_event(WRITE_EVENT)

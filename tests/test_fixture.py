@@ -1,0 +1,368 @@
+"""The ``jax_cache`` fixture and the explanation of misses, end to end: real pytest
+sessions in subprocesses, real JAX on CPU. ``assert_cached`` on cold and warm caches
+(a Torax-style "is the simulation cached?" check in a few lines), its failures,
+``counts()``/``compiles()``, and why programs missed: XLA_FLAGS changed, a program
+changed, a new program."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import RunJax
+
+
+def _jax_version() -> tuple[int, int]:
+    major, minor = importlib.metadata.version("jax").split(".")[:2]
+    return int(major), int(minor)
+
+
+# Up to JAX 0.10 programs with host callbacks are looked up but never written; from 0.11
+# they are cached. The only place where expectations legitimately depend on the version.
+CALLBACKS_CACHED = _jax_version() >= (0, 11)
+
+
+def write(base: Path, files: dict[str, str]) -> None:
+    """Write dedented ``files`` (relative paths) under ``base``."""
+    for name, text in files.items():
+        path = base / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+
+
+def misses_by_reason(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {miss["reason"]: miss for miss in report["misses"]}
+
+
+# -- assert_cached, counts(), compiles() -------------------------------------------------
+
+FIXTURE_SUITE = {
+    "test_cached.py": """
+        import json
+        from dataclasses import asdict
+        from pathlib import Path
+
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+        from jax import lax
+
+        X = np.linspace(0.0, 1.0, 4, dtype=np.float32)
+
+
+        def scaled(x):
+            return jnp.sin(x) * 2.0
+
+
+        def test_plain_function_is_cached(jax_cache):
+            out = jax_cache.assert_cached(jax.jit(scaled), X)
+            np.testing.assert_allclose(out, np.sin(X) * 2.0, rtol=1e-6)
+
+
+        # A Torax-like "persistent_cache" test: is the whole simulation served from the
+        # cache? Without the fixture: run it twice in subprocesses and compare timings.
+        @jax.jit
+        def simulate(y0, rate):
+            def euler_step(y, _):
+                y = y - 0.01 * rate * y  # dy/dt = -rate * y
+                return y, y
+
+            final, trajectory = lax.scan(euler_step, y0, None, length=50)
+            return final, trajectory
+
+
+        def test_simulation_is_cached(jax_cache):
+            final, trajectory = jax_cache.assert_cached(simulate, jnp.ones(3), 2.0)
+            assert trajectory.shape == (50, 3)
+            np.testing.assert_allclose(final, (1 - 0.02) ** 50, rtol=1e-5)
+
+
+        def counted(x):
+            return jnp.cos(x) + 1.0
+
+
+        def test_counts(jax_cache):
+            before = jax_cache.counts()
+            jax.jit(counted)(X).block_until_ready()
+            after = jax_cache.counts()
+            record = {
+                "enabled": jax_cache.enabled,
+                "before": asdict(before),
+                "after": asdict(after),
+                "compiles": [(c.name, c.outcome, c.test, c.phase) for c in jax_cache.compiles()],
+            }
+            Path(__file__).with_name("counts.json").write_text(json.dumps(record))
+    """,
+    "test_not_cached.py": """
+        import jax
+        import numpy as np
+
+        X = np.ones(3, np.float32)
+
+
+        def with_callback(x):
+            jax.debug.callback(lambda v: None, x)
+            return x + 1.0
+
+
+        def test_callback_is_not_cached(jax_cache):
+            jax_cache.assert_cached(jax.jit(with_callback), X)
+
+
+        def test_nothing_compiled(jax_cache):
+            jax_cache.assert_cached(lambda: 1)
+    """,
+}
+
+
+def read_counts(base: Path) -> dict[str, Any]:
+    path = base / "counts.json"
+    data: dict[str, Any] = json.loads(path.read_text())
+    path.unlink()
+    return data
+
+
+def check_counts(data: dict[str, Any], report: dict[str, Any], outcome: str) -> None:
+    """``counts()`` grew by exactly the one program the test compiled (``outcome``) and
+    equals what the report holds for the test; ``compiles()`` names that program."""
+    nodeid = "test_cached.py::test_counts"
+    assert data["enabled"] is True
+    assert data["compiles"] == [["jit(counted)", outcome, nodeid, "call"]]
+    field = {"hit": "hits", "miss": "misses"}[outcome]
+    before, after = data["before"], data["after"]
+    assert after[field] - before[field] == 1
+    assert after["requests"] - before["requests"] == 1
+    assert after["hits"] + after["misses"] + after["uncachable"] == 1
+    test = next(t for t in report["tests"] if t["nodeid"] == nodeid)
+    phases = test["phases"]
+    assert sum(p["hits"] for p in phases.values()) == after["hits"]
+    assert sum(p["misses"] for p in phases.values()) == after["misses"]
+
+
+def test_assert_cached_and_counts_on_cold_and_warm_caches(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """``assert_cached`` passes for a plain jitted function and for a lax.scan simulation
+    on a cold cache (it fills it) and on a warm one; it fails, naming the program and
+    'uncachable', for a function with jax.debug.callback (JAX 0.10), and fails when the
+    function compiled nothing. ``counts()``/``compiles()`` reflect the current test's
+    miss (cold) or hit (warm), in agreement with the report."""
+    write(pytester.path, FIXTURE_SUITE)
+    cache = f"--jax-cache-dir={pytester.path / 'cache'}"
+
+    for run, outcome in (("cold", "miss"), ("warm", "hit")):
+        result, report = run_jax(cache, "-p", "no:xdist")
+        # JAX 0.11+ caches callbacks: then only the function that compiles nothing fails.
+        failed = 1 if CALLBACKS_CACHED else 2
+        result.assert_outcomes(passed=5 - failed, failed=failed)
+        result.stdout.fnmatch_lines(
+            [
+                "*_ test_nothing_compiled _*",
+                "*assert_cached: the function compiled nothing, so nothing was checked*",
+            ]
+        )
+        if not CALLBACKS_CACHED:
+            result.stdout.fnmatch_lines(
+                [
+                    "*_ test_callback_is_not_cached _*",
+                    "1 of 1 programs did not come from the persistent cache:",
+                    "  jit(with_callback): uncachable: looked up but never written*",
+                ]
+            )
+        check_counts(read_counts(pytester.path), report, outcome)
+        names = {c["name"] for c in report["compiles"] if "simulation" in c["test"]}
+        assert "jit(simulate)" in names, (run, names)
+        simulate = [c for c in report["compiles"] if c["name"] == "jit(simulate)"]
+        # The cold run compiles and writes, then loads; the warm run loads twice.
+        expected = ["miss", "hit"] if run == "cold" else ["hit", "hit"]
+        assert [c["outcome"] for c in simulate] == expected, run
+
+
+def test_assert_cached_without_a_cache_dir_says_what_to_do(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """Without ``--jax-cache-dir`` the fixture still works (``enabled`` is False, counts
+    are zero) and ``assert_cached`` fails with a message naming ``--jax-cache-dir``."""
+    write(
+        pytester.path,
+        {
+            "test_nodir.py": """
+                import jax
+                import jax.numpy as jnp
+
+
+                def test_counts_without_cache(jax_cache):
+                    jax.jit(jnp.sin)(jnp.ones(2)).block_until_ready()
+                    assert jax_cache.enabled is False
+                    assert jax_cache.counts().compiles == 0
+                    assert jax_cache.compiles() == []
+
+
+                def test_assert_cached(jax_cache):
+                    jax_cache.assert_cached(jax.jit(jnp.sin), jnp.ones(2))
+            """
+        },
+    )
+    result, report = run_jax("-p", "no:xdist")
+    result.assert_outcomes(passed=1, failed=1)
+    assert report == {}
+    result.stdout.fnmatch_lines(
+        ["*jax_cache.assert_cached needs a persistent cache: run with --jax-cache-dir*"]
+    )
+
+
+def test_assert_cached_explains_a_program_that_changes_between_runs(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """A function that bakes a fresh random constant into its program misses on the
+    second run: ``assert_cached`` fails and says the key changed between two identical
+    runs (something non-deterministic is traced in)."""
+    write(
+        pytester.path,
+        {
+            "test_noisy.py": """
+                import jax
+                import numpy as np
+
+
+                def noisy(x):
+                    constant = float(np.random.rand())
+                    return jax.jit(lambda y: y * constant)(x)
+
+
+                def test_noisy(jax_cache):
+                    jax_cache.assert_cached(noisy, np.ones(3, np.float32))
+            """
+        },
+    )
+    result, _ = run_jax(f"--jax-cache-dir={pytester.path / 'cache'}", "-p", "no:xdist")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "1 of 1 programs did not come from the persistent cache:",
+            "  jit(<lambda>): miss: its key changed between two identical runs*",
+        ]
+    )
+
+
+# -- why programs missed ---------------------------------------------------------------------
+
+MISS_SUITE = """
+    import os
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    N = int(os.environ.get("SHAPE_N", "3"))
+
+
+    def shaped(x):
+        return jnp.sin(x) * 2.0
+
+
+    def stable(x):
+        return jnp.cos(x) + 1.0
+
+
+    def test_shaped():
+        jax.jit(shaped)(np.ones(N, np.float32)).block_until_ready()
+
+
+    def test_stable():
+        jax.jit(stable)(np.ones(3, np.float32)).block_until_ready()
+
+
+    if os.environ.get("NEW_FN"):
+
+        def brand_new(x):
+            return jnp.tanh(x)
+
+        def test_new():
+            jax.jit(brand_new)(np.ones(3, np.float32)).block_until_ready()
+"""
+
+# Harmless on CPU, and part of every key: a run with it set shares no entry with one without.
+XLA_FLAGS = "--xla_cpu_enable_fast_math=false"
+
+
+def miss_line(result: pytest.RunResult, reason: str) -> str:
+    """The terminal's 'why programs missed:' line for ``reason``."""
+    lines = result.outlines
+    start = lines.index("why programs missed:")
+    found = [line for line in lines[start + 1 :] if reason in line]
+    assert found, lines[start:]
+    return found[0]
+
+
+def test_misses_are_explained(
+    pytester: pytest.Pytester, run_jax: RunJax, clean_env: pytest.MonkeyPatch
+) -> None:
+    """After a cold run: a program whose shape changed misses as 'program changed', a
+    function no session compiled as 'new program' (unchanged programs hit); then with
+    XLA_FLAGS set every key changes and every miss says 'XLA_FLAGS changed'. The JSON
+    report and the terminal section agree."""
+    pytester.makepyfile(test_misses=textwrap.dedent(MISS_SUITE))
+    cache = f"--jax-cache-dir={pytester.path / 'cache'}"
+
+    result, cold = run_jax(cache, "-p", "no:xdist")
+    result.assert_outcomes(passed=2)
+    new = misses_by_reason(cold)
+    assert list(new) == ["new program: no earlier session compiled it"]
+    assert set(new[next(iter(new))]["examples"]) == {"jit_shaped", "jit_stable"}
+
+    clean_env.setenv("SHAPE_N", "4")
+    clean_env.setenv("NEW_FN", "1")
+    result, changed = run_jax(cache, "-p", "no:xdist")
+    result.assert_outcomes(passed=3)
+    stable = [c["outcome"] for c in changed["compiles"] if c["name"] == "jit(stable)"]
+    assert stable == ["hit"]
+    reasons = misses_by_reason(changed)
+    program_changed = next(r for r in reasons if r.startswith("program changed"))
+    new_program = next(r for r in reasons if r.startswith("new program"))
+    assert len(reasons) == 2, reasons
+    assert reasons[program_changed]["examples"] == ["jit_shaped"]
+    assert reasons[program_changed]["count"] == 1
+    assert reasons[new_program]["examples"] == ["jit_brand_new"]
+    assert reasons[new_program]["count"] == 1
+    assert "jit_shaped" in miss_line(result, "program changed")
+    assert "jit_brand_new" in miss_line(result, "new program")
+
+    clean_env.setenv("XLA_FLAGS", XLA_FLAGS)
+    result, flagged = run_jax(cache, "-p", "no:xdist")
+    result.assert_outcomes(passed=3)
+    assert flagged["cachable"]["hits"] == 0  # the flag really changed every key
+    assert flagged["cachable"]["misses"] == 3
+    assert [m["reason"] for m in flagged["misses"]] == ["XLA_FLAGS changed: every key changed"]
+    assert flagged["misses"][0]["count"] == 3
+    line = miss_line(result, "XLA_FLAGS changed")
+    assert line.split()[0] == "3", line
+
+
+def test_program_change_after_switching_flags_back_is_a_program_change(
+    pytester: pytest.Pytester, run_jax: RunJax, clean_env: pytest.MonkeyPatch
+) -> None:
+    """Cold run without XLA_FLAGS, a run with XLA_FLAGS, then without XLA_FLAGS again and
+    one shape changed: the unchanged program hits (the environment is the first run's),
+    so the miss is a program change, not an XLA_FLAGS change."""
+    pytester.makepyfile(test_misses=textwrap.dedent(MISS_SUITE))
+    cache = f"--jax-cache-dir={pytester.path / 'cache'}"
+
+    result, _ = run_jax(cache, "-p", "no:xdist")
+    result.assert_outcomes(passed=2)
+    clean_env.setenv("XLA_FLAGS", XLA_FLAGS)
+    result, _ = run_jax(cache, "-p", "no:xdist")
+    result.assert_outcomes(passed=2)
+    clean_env.delenv("XLA_FLAGS")
+    clean_env.setenv("SHAPE_N", "5")
+    result, back = run_jax(cache, "-p", "no:xdist")
+    result.assert_outcomes(passed=2)
+    assert [c["outcome"] for c in back["compiles"] if c["name"] == "jit(stable)"] == ["hit"]
+    assert [m["reason"] for m in back["misses"]] == [
+        "program changed: same name, other code, shapes, dtypes or options"
+    ]
