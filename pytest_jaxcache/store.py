@@ -217,7 +217,9 @@ class Store:
     def _read(self, name: str) -> Entry | None:
         path = self.entries_dir / name
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as handle:
+                data = handle.read()
+                inode = os.fstat(handle.fileno()).st_ino
         except FileNotFoundError:
             return None
         except OSError as error:
@@ -225,20 +227,22 @@ class Store:
             return None
         entry = decode(data)
         if entry is None:
-            self._repair(path)
+            self._repair(path, inode)
             return None
         if not self.readonly:
             with contextlib.suppress(OSError):  # evicted meanwhile: we hold its bytes
                 os.utime(path)
         return entry
 
-    def _repair(self, path: Path) -> None:
-        """Remove a corrupt entry so that the next compile rewrites it."""
+    def _repair(self, path: Path, inode: int) -> None:
+        """Remove a corrupt entry so that the next compile rewrites it, unless another
+        process has already replaced it with a good one (a different inode)."""
         self.stats.repaired += 1
         if self.readonly:
             return
         try:
-            path.unlink()
+            if os.stat(path).st_ino == inode:
+                path.unlink()
         except FileNotFoundError:
             pass
         except OSError as error:
@@ -254,10 +258,12 @@ class Store:
 
     def _claim(self, key: str, name: str) -> Entry | None:
         lock = filelock.FileLock(str(self.locks_dir / f"{name}.lock"), timeout=0)
+        waited = False
         try:
             lock.acquire()
         except filelock.Timeout:
             self.stats.lock_waits += 1
+            waited = True
             try:
                 lock.acquire(timeout=self.lock_timeout_secs)
             except filelock.Timeout:
@@ -266,14 +272,16 @@ class Store:
             except OSError as error:
                 self.stats.note(f"lock {name}: {error}")
                 return None
-            entry = self._read(name)
-            if entry is not None:
-                lock.release()
-                self.stats.waited_hits += 1
-                return entry
         except OSError as error:
             self.stats.note(f"lock {name}: {error}")
             return None
+        # Read again under the lock: the holder we waited for, or one that finished
+        # between our first read and the lock, has written the entry.
+        entry = self._read(name)
+        if entry is not None:
+            lock.release()
+            self.stats.waited_hits += waited
+            return entry
         self._held()[key] = lock
         return None
 
@@ -424,7 +432,12 @@ class Store:
     def _maintain(
         self, max_size: int | None, prune_after: int | None, session_start: float | None
     ) -> MaintenanceResult:
-        sessions = self.sessions() if session_start is None else self._record(session_start)
+        sessions = self.sessions()
+        if session_start is not None:
+            try:
+                sessions = self._record(session_start, sessions)
+            except OSError as error:  # a full disk must not stop eviction, which frees space
+                self.stats.note(f"record session: {error}")
         now = time.time()
         stale = self._remove_stale(self.tmp_dir, "", now - _STALE_TMP_SECS)
         stale += self._remove_idle_locks(now - _STALE_TMP_SECS)
@@ -470,8 +483,8 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError):
             return []
 
-    def _record(self, session_start: float) -> list[float]:
-        sessions = sorted(set(self.sessions()) | {session_start})[-_SESSIONS_KEPT:]
+    def _record(self, session_start: float, sessions: list[float]) -> list[float]:
+        sessions = sorted(set(sessions) | {session_start})[-_SESSIONS_KEPT:]
         data = json.dumps({"sessions": sessions}).encode()
         self._write_atomic(self.root / "sessions.json", data)
         return sessions

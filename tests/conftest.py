@@ -4,11 +4,10 @@ process-global, so every session that uses the plugin gets a fresh interpreter).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import UNRELATED_PLUGINS, RunJax
 
 # Variables a developer's shell (or an outer xdist worker) may carry into the child.
 _LEAKY_ENV = (
@@ -23,12 +22,6 @@ _LEAKY_ENV = (
     "PYTEST_ADDOPTS",
     "XLA_FLAGS",
 )
-
-RunJax = Callable[..., tuple[pytest.RunResult, dict[str, Any]]]
-
-# Plugins that a development machine may have and these sessions do not use: off, so that
-# each child session starts in about half the time (no-ops where they are not installed).
-UNRELATED_PLUGINS = ("-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:jaxtyping")
 
 
 @pytest.fixture
@@ -61,9 +54,3 @@ def run_jax(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> RunJax:
         return result, data
 
     return run
-
-
-def entries(cache_dir: Path) -> list[Path]:
-    """The entry files of a pytest-jaxcache store."""
-    folder = cache_dir / "entries"
-    return sorted(folder.iterdir()) if folder.is_dir() else []

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from conftest import UNRELATED_PLUGINS, RunJax, entries
+from helpers import UNRELATED_PLUGINS, RunJax, entries
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import UNRELATED_PLUGINS, RunJax, entries
+from helpers import UNRELATED_PLUGINS, RunJax, entries
 
 # A small suite: parametrized shapes, a few jitted functions.
 SUITE = """

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import RunJax, entries
+from helpers import RunJax, entries
 
 
 def _jax_version() -> tuple[int, int]:

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import RunJax
+from helpers import RunJax
 
 
 def _jax_version() -> tuple[int, int]:

@@ -1,0 +1,449 @@
+"""The shared store under real xdist workers: merged reports, single flight, every
+distribution mode, early stops, interrupts and crashed workers.
+
+Every session runs in a fresh interpreter (JAX's cache config is process-global). One
+cold ``-n 2`` run fills a cache that each warm test copies, so most tests pay for one
+warm session only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import UNRELATED_PLUGINS, RunJax
+
+pytestmark = pytest.mark.slow
+
+
+# Two modules, one distinct program per test (numpy inputs: no helper programs such as
+# broadcast_in_dim are compiled). ``test_beta`` is one xdist group for --dist loadgroup.
+SUITE = {
+    "test_alpha.py": """
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+def double_sin(v):
+    return jnp.sin(v) * 2.0
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_alpha(n):
+    x = np.arange(n + 1, dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(jax.jit(double_sin)(x)), np.sin(x) * 2.0, rtol=1e-5)
+""",
+    "test_beta.py": """
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.xdist_group("beta")
+
+
+def half_cos(v):
+    return jnp.cos(v) * 0.5
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_beta(n):
+    x = np.arange(n + 1, dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(jax.jit(half_cos)(x)), np.cos(x) * 0.5, rtol=1e-5)
+""",
+}
+SUITE_TESTS = {f"test_alpha.py::test_alpha[{n}]" for n in range(4)} | {
+    f"test_beta.py::test_beta[{n}]" for n in range(4)
+}
+
+# Every test compiles the SAME program: a fresh function object per test, so each test
+# really looks the program up (no in-memory reuse). The session fixture lines the workers
+# up so that their first lookups overlap while one of them compiles.
+SINGLE_FLIGHT = {
+    "conftest.py": """
+import os
+import pathlib
+import time
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def all_workers_ready():
+    barrier = pathlib.Path(os.environ["JAXCACHE_TEST_BARRIER"])
+    barrier.mkdir(exist_ok=True)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    (barrier / os.environ.get("PYTEST_XDIST_WORKER", "main")).touch()
+    deadline = time.monotonic() + 120
+    while len(list(barrier.iterdir())) < count and time.monotonic() < deadline:
+        time.sleep(0.001)
+""",
+    "test_same.py": """
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+def make_program():
+    def shared_program(x):
+        for _ in range(100):
+            x = jnp.sin(x) + 0.5 * jnp.cos(x[::-1])
+        return x
+
+    return shared_program
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_same_program(n, all_workers_ready):
+    x = np.linspace(0.0, 1.0, 64, dtype=np.float32)
+    assert np.isfinite(np.asarray(jax.jit(make_program())(x))).all()
+""",
+}
+
+# Sessions this file starts itself turn off the same unrelated plugins as run_jax
+# (their imports cost a second per process; pytest-benchmark warns under xdist).
+
+_VERBOSE_XDIST = re.compile(r"^\[(gw\d+)\] \[\s*\d+%\] (PASSED|FAILED|ERROR|SKIPPED) (\S+)")
+_VERBOSE_LOCAL = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED)")
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def write_files(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).write_text(text.lstrip())
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment without anything that would steer the child's cache
+    or xdist (an outer xdist worker, a developer's JAX_* variables)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("JAX_", "PYTEST_", "XLA_"))
+    }
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def outcomes_by_worker(lines: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """nodeid -> (worker, outcome) from ``-v`` output ("" for the worker without xdist)."""
+    found = {}
+    for line in lines:
+        match = _VERBOSE_XDIST.match(line)
+        if match:
+            found[match.group(3)] = (match.group(1), match.group(2))
+            continue
+        match = _VERBOSE_LOCAL.match(line)
+        if match:
+            found[match.group(1)] = ("", match.group(2))
+    return found
+
+
+def assert_all_hits(report: dict[str, Any]) -> None:
+    """A warm session: every cachable lookup hit and nothing was compiled."""
+    cachable, totals = report["cachable"], report["totals"]
+    assert cachable["requests"] > 0
+    assert cachable["hits"] == cachable["requests"], cachable
+    assert cachable["misses"] == 0 and cachable["hit_rate"] == 1.0
+    assert totals["hits"] == totals["requests"]
+    assert report["store"]["writes"] == 0
+    assert report["store"]["hits"] == cachable["hits"]
+    assert not [c for c in report["compiles"] if c["outcome"] != "hit"]
+
+
+def assert_clean_output(output: str) -> None:
+    """No internal error and no traceback through the plugin's code."""
+    assert "INTERNALERROR" not in output
+    assert "pytest_jaxcache/" not in output
+    assert "jax compilation cache" in output
+
+
+@dataclass(frozen=True)
+class ColdCache:
+    cache: Path
+    report: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def cold_cache(tmp_path_factory: pytest.TempPathFactory) -> ColdCache:
+    """One cold ``-n 2`` session of SUITE; warm tests copy its cache."""
+    root = tmp_path_factory.mktemp("cold-xdist")
+    write_files(root, SUITE)
+    report = root / "report.json"
+    command = [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider"]
+    command += [
+        *UNRELATED_PLUGINS,
+        "-n",
+        "2",
+        "--jax-cache-dir=cache",
+        f"--jax-cache-report={report}",
+    ]
+    proc = subprocess.run(
+        command, cwd=root, env=child_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return ColdCache(root / "cache", json.loads(report.read_text()))
+
+
+@pytest.fixture
+def warm_dir(pytester: pytest.Pytester, cold_cache: ColdCache) -> Path:
+    """pytester.path holds SUITE and a copy of the cold cache (at ``cache``)."""
+    write_files(pytester.path, SUITE)
+    target = pytester.path / "cache"
+    shutil.copytree(cold_cache.cache, target)
+    return target
+
+
+# -- the report merges every worker --------------------------------------------------------
+
+
+def test_cold_run_compiles_every_program_once(cold_cache: ColdCache) -> None:
+    """The shared cold run: all eight tests reported, each program written once."""
+    report = cold_cache.report
+    assert {t["nodeid"] for t in report["tests"]} == SUITE_TESTS
+    assert set(report["workers"]) == {"gw0", "gw1"}
+    misses = [c["name"] for c in report["compiles"] if c["outcome"] == "miss"]
+    assert report["store"]["writes"] == len(misses) == report["cachable"]["misses"] > 0
+    assert report["cache"]["after"]["entries"] == report["store"]["writes"]
+
+
+def test_report_merges_every_worker(run_jax: RunJax, warm_dir: Path) -> None:
+    """Warm ``-n 2``: 100% hits, every test in the report under the worker xdist ran it
+    on, both workers' figures present and summed, per-worker lines with ``-v``."""
+    result, report = run_jax("-n", "2", "--dist", "load", "-v", "--jax-cache-dir=cache")
+    assert result.ret == 0
+    assert_all_hits(report)
+
+    ran = outcomes_by_worker(result.outlines)
+    assert set(ran) == SUITE_TESTS
+    reported = {t["nodeid"]: t["worker"] for t in report["tests"]}
+    assert reported == {nodeid: worker for nodeid, (worker, _) in ran.items()}
+    assert set(reported.values()) == {"gw0", "gw1"}
+
+    workers = report["workers"]
+    assert set(workers) == {"gw0", "gw1"}
+    assert sum(w["tests"] for w in workers.values()) == len(SUITE_TESTS)
+    assert sum(w["store"]["hits"] for w in workers.values()) == report["store"]["hits"]
+    for worker, info in workers.items():
+        assert info["tests"] == sum(1 for w in reported.values() if w == worker)
+        assert f"worker {worker}: {info['tests']} tests, {info['store']['hits']} hits" in (
+            result.stdout.str()
+        )
+    assert report["lost_workers"] == []
+
+
+# -- single flight -------------------------------------------------------------------------
+
+
+def test_single_flight_across_workers(
+    run_jax: RunJax, pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch
+) -> None:
+    """Cold ``-n 2 --dist load``, six tests, one program: it is compiled by exactly one
+    worker; the other waits for the entry instead of compiling it too, and the report's
+    hit/wait figures add up. Retried on a fresh cache (at most 3 times) until the workers'
+    lookups really overlapped; the no-duplicate check holds on every attempt."""
+    write_files(pytester.path, SINGLE_FLIGHT)
+    contended = False
+    for attempt in range(3):
+        clean_env.setenv("JAXCACHE_TEST_BARRIER", str(pytester.path / f"barrier{attempt}"))
+        result, report = run_jax("-n", "2", "--dist", "load", f"--jax-cache-dir=c{attempt}")
+        assert result.ret == 0
+        result.assert_outcomes(passed=6)
+
+        compiled_by: dict[str, set[str]] = {}
+        for record in report["compiles"]:
+            if record["outcome"] == "miss":
+                compiled_by.setdefault(record["name"], set()).add(record["worker"])
+        duplicates = {name: ws for name, ws in compiled_by.items() if len(ws) > 1}
+        assert not duplicates, f"compiled by more than one worker: {duplicates}"
+        misses = [c for c in report["compiles"] if c["outcome"] == "miss"]
+        assert [c["name"] for c in misses] == ["jit(shared_program)"]
+
+        store, cachable = report["store"], report["cachable"]
+        assert cachable["requests"] == 6  # one lookup per test
+        assert cachable["hits"] + cachable["misses"] == cachable["requests"]
+        assert cachable["misses"] == 1 and cachable["hits"] == 5
+        assert store["hits"] == cachable["hits"]
+        assert store["writes"] == store["misses"] == 1
+        assert store["lock_timeouts"] == 0
+        assert store["waited_hits"] <= store["lock_waits"]
+        assert store["waited_hits"] <= store["hits"]
+        workers = report["workers"]
+        assert set(workers) == {"gw0", "gw1"}
+        for name in ("hits", "waited_hits", "lock_waits", "writes"):
+            assert sum(w["store"][name] for w in workers.values()) == store[name]
+        if store["lock_waits"]:
+            # the waiting worker got the other's entry: a hit, never a second compile
+            assert store["waited_hits"] == store["lock_waits"]
+            contended = True
+            break
+    assert contended, "the two workers' first lookups never overlapped in 3 attempts"
+
+
+# -- every way of running pytest -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("-n", "0"), id="n0"),
+        pytest.param(("-p", "no:xdist"), id="no-xdist"),
+        pytest.param(("-n", "2", "--dist", "loadgroup"), id="loadgroup"),
+        pytest.param(("-n", "2", "--dist", "loadfile"), id="loadfile"),
+        pytest.param(("-n", "2", "--dist", "worksteal"), id="worksteal"),
+    ],
+)  # --dist load: test_report_merges_every_worker
+def test_warm_run_hits_everything(run_jax: RunJax, warm_dir: Path, args: tuple[str, ...]) -> None:
+    """After the shared cold run, each way of running the suite hits every program, and
+    the report carries every test under the worker that ran it."""
+    result, report = run_jax(*args, "-v", "--jax-cache-dir=cache")
+    assert result.ret == 0
+    result.assert_outcomes(passed=len(SUITE_TESTS))
+    assert_all_hits(report)
+    assert report["cachable"]["requests"] == len(SUITE_TESTS)
+    assert_clean_output(result.stdout.str())
+
+    ran = outcomes_by_worker(result.outlines)
+    reported = {t["nodeid"]: t["worker"] for t in report["tests"]}
+    assert reported == {nodeid: worker for nodeid, (worker, _) in ran.items()}
+    assert len(reported) == len(SUITE_TESTS)
+    xdist = "-n" in args and args[args.index("-n") + 1] != "0"
+    if xdist:
+        assert set(report["workers"]) == {"gw0", "gw1"}
+        assert set(reported.values()) <= {"gw0", "gw1"}
+    else:
+        assert report["workers"] == {} and set(reported.values()) == {""}
+    if "loadgroup" in args:  # the xdist_group ran on one worker (nodeids gain "@beta")
+        group = {w for nodeid, w in reported.items() if nodeid.endswith("@beta")}
+        assert len(group) == 1
+    if "loadfile" in args:  # each module on one worker
+        for module in ("test_alpha.py", "test_beta.py"):
+            assert len({w for n, w in reported.items() if n.startswith(module)}) == 1
+
+
+FAILING = {
+    "test_b_fail.py": """
+def test_fails():
+    assert 1 == 2
+""",
+}
+ALPHA_TESTS = {n for n in SUITE_TESTS if n.startswith("test_alpha.py")}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("-n", "2", "-x"), id="x-n2"),
+        pytest.param(("-n", "0", "--maxfail=1"), id="maxfail-n0"),
+    ],
+)
+def test_early_stop_still_reports(
+    run_jax: RunJax, pytester: pytest.Pytester, warm_dir: Path, args: tuple[str, ...]
+) -> None:
+    """``-x``/``--maxfail=1`` with a failing test between the suite's two modules: the
+    session stops early, the report is still written with what ran (under the worker
+    that ran it), and nothing in the plugin breaks."""
+    write_files(pytester.path, FAILING)
+    result, report = run_jax(*args, "-v", "--jax-cache-dir=cache")
+    assert result.ret in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED)
+    assert result.parseoutcomes()["failed"] == 1
+    assert report, "no JSON report after an early stop"
+    assert_clean_output(result.stdout.str())
+
+    ran = outcomes_by_worker(result.outlines)
+    assert ran["test_b_fail.py::test_fails"][1] == "FAILED"
+    passed = {n for n, (_, outcome) in ran.items() if outcome == "PASSED"}
+    reported = {t["nodeid"]: t["worker"] for t in report["tests"]}
+    assert set(reported) == passed  # every passing test compiled one program
+    for nodeid, worker in reported.items():
+        assert ran[nodeid][0] == worker
+    assert report["lost_workers"] == []
+    if "-n" in args and args[args.index("-n") + 1] == "0":
+        # in order: test_alpha.py ran, test_b_fail.py stopped the session before test_beta.py
+        assert passed == ALPHA_TESTS
+    if passed:
+        assert_all_hits(report)
+
+
+INTERRUPT = {
+    "test_zz_interrupt.py": """
+def test_interrupts():
+    raise KeyboardInterrupt
+
+
+def test_never_runs():
+    pass
+""",
+}
+
+
+def test_keyboard_interrupt_still_reports(
+    run_jax: RunJax, pytester: pytest.Pytester, warm_dir: Path
+) -> None:
+    """A test raising KeyboardInterrupt (``-n 0``): the session ends INTERRUPTED, the
+    report is written with the tests that ran, and no traceback comes from the plugin."""
+    write_files(pytester.path, INTERRUPT)
+    result, report = run_jax("-n", "0", "--jax-cache-dir=cache")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    output = result.stdout.str() + result.stderr.str()
+    assert "KeyboardInterrupt" in output
+    assert_clean_output(output)
+    assert report, "no JSON report after KeyboardInterrupt"
+    assert {t["nodeid"] for t in report["tests"]} == SUITE_TESTS
+    assert_all_hits(report)
+
+
+CRASH = {
+    "test_crash.py": """
+import os
+import signal
+
+
+def test_worker_dies():
+    os.kill(os.getpid(), signal.SIGKILL)
+""",
+}
+
+
+def test_crashed_worker_is_named(
+    run_jax: RunJax, pytester: pytest.Pytester, warm_dir: Path
+) -> None:
+    """A worker SIGKILLed mid-session: xdist replaces it, the session completes, the
+    report names the crashed worker in lost_workers, keeps the survivors' records (and
+    only theirs), and the terminal says which records are missing."""
+    write_files(pytester.path, CRASH)
+    result, report = run_jax("-n", "2", "-v", "--jax-cache-dir=cache")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=len(SUITE_TESTS), failed=1)
+    output = result.stdout.str()
+    assert "INTERNALERROR" not in output and "pytest_jaxcache/" not in output
+
+    match = re.search(r"worker '(gw\d+)' crashed while running 'test_crash.py", output)
+    assert match, output
+    crashed = match.group(1)
+    assert f"replacing crashed worker {crashed}" in output
+    assert report["lost_workers"] == [crashed]
+    assert f"notice: worker {crashed} crashed: its compile records are missing" in output
+    assert crashed not in report["workers"]
+    assert {"gw0", "gw1"} - {crashed} <= set(report["workers"])  # the survivor
+
+    ran = outcomes_by_worker(result.outlines)
+    survivors = {n: w for n, (w, o) in ran.items() if o == "PASSED" and w != crashed}
+    reported = {t["nodeid"]: t["worker"] for t in report["tests"]}
+    assert reported == survivors
+    if reported:
+        assert_all_hits(report)
