@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_jaxcache import jaxhooks
-
 MARKER = "jax_errors"
 XDIST_GROUP = "jax_errors"
 
@@ -50,4 +48,6 @@ class ErrorsSwitch:
         hook(config=self.config, enabled=wanted)
         if first and not hook.get_hookimpls():
             return  # no project switch: nothing traced so far can differ
+        from pytest_jaxcache import jaxhooks  # JAX only once a marked test runs
+
         jaxhooks.clear_in_memory_caches()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
+import importlib
 import importlib.util
 import logging
 import os
@@ -26,11 +26,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_jaxcache.recorder import Recorder
 from pytest_jaxcache.settings import Settings
-from pytest_jaxcache.store import Store
+
+if TYPE_CHECKING:
+    from pytest_jaxcache.store import Store
 
 OUR_STORE = "pytest-jaxcache store"
 JAX_STORE = "JAX's file store"
@@ -55,6 +57,8 @@ class JaxMissing(RuntimeError):
 
 
 def version(distribution: str) -> str | None:
+    import importlib.metadata  # only when a cache is on: it is slow to import
+
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:

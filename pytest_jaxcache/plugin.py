@@ -5,17 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_jaxcache import errors, hookspecs, jaxhooks, report, settings
-from pytest_jaxcache.fixture import JaxCache
-from pytest_jaxcache.recorder import Recorder
-from pytest_jaxcache.session import CacheSession, write_json
+from pytest_jaxcache import errors, hookspecs, settings
 
-SESSION = pytest.StashKey[CacheSession]()
+if TYPE_CHECKING:
+    from pytest_jaxcache.fixture import JaxCache
+    from pytest_jaxcache.session import CacheSession
+
+# The rest of the package (JAX, filelock) is imported only when a cache is asked for:
+# an installed plugin costs a run that does not use it next to nothing.
+SESSION = pytest.StashKey["CacheSession"]()
 REPORT = pytest.StashKey[dict[str, Any]]()
+ITEM_MARKERS = pytest.StashKey[tuple[str, ...]]()
 
 MARKERS = {
     "jax_errors": "the test switches on runtime error checks that use host callbacks "
@@ -108,11 +112,16 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         )
     except settings.SettingsError as error:
         raise pytest.UsageError(f"pytest-jaxcache: {error}") from None
+    from pytest_jaxcache import jaxhooks
+
     if not resolved.enabled:
         env = settings.DIR.env
         if resolved.dir_source.kind in ("cli", "ini") and env and os.environ.get(env):
             jaxhooks.keep_jax_cache_off(env)
         return
+    from pytest_jaxcache.recorder import Recorder
+    from pytest_jaxcache.session import CacheSession
+
     session = CacheSession(
         settings=resolved,
         recorder=Recorder(),
@@ -156,6 +165,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def jax_cache(request: pytest.FixtureRequest) -> JaxCache:
     """This test's JAX compile figures, and ``assert_cached(fn, *args)``."""
+    from pytest_jaxcache.fixture import JaxCache
+
     return JaxCache(request.config.stash.get(SESSION, None), request.node.nodeid)
 
 
@@ -179,15 +190,17 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return lines
 
 
-def _markers(item: pytest.Item) -> list[str]:
-    return [name for name in MARKERS if item.get_closest_marker(name) is not None]
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
     session = item.config.stash.get(SESSION, None)
-    if session is None or item.get_closest_marker("jax_no_cache") is None:
+    if session is None:
         return (yield)
+    markers = tuple(name for name in MARKERS if item.get_closest_marker(name) is not None)
+    item.stash[ITEM_MARKERS] = markers
+    if "jax_no_cache" not in markers:
+        return (yield)
+    from pytest_jaxcache import jaxhooks
+
     session.recorder.set_bypassed(True)
     try:
         with jaxhooks.persistent_cache_disabled():
@@ -201,7 +214,7 @@ def _phase(item: pytest.Item, phase: str) -> Generator[None, None, None]:
     if session is None:
         yield
         return
-    session.recorder.begin(item.nodeid, phase, _markers(item))
+    session.recorder.begin(item.nodeid, phase, item.stash.get(ITEM_MARKERS, ()))
     try:
         yield
     finally:
@@ -232,6 +245,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if workeroutput is not None:
         workeroutput["jaxcache"] = state.worker_output()
         return
+    from pytest_jaxcache import report
+    from pytest_jaxcache.session import write_json
+
     state.finish()
     data = state.build_report(_worker_misses(state))
     config.stash[REPORT] = data
@@ -260,6 +276,8 @@ def pytest_terminal_summary(
     data = config.stash.get(REPORT, None)
     if data is None:
         return
+    from pytest_jaxcache import report
+
     verbosity = config.get_verbosity()
     lines = report.render(
         data, verbosity=verbosity, durations=config.getoption("jax_cache_durations")

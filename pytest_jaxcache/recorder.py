@@ -118,21 +118,20 @@ class Recorder:
         self.listener_errors: list[str] = []
         self.lost_workers: list[str] = []
         self.workers: dict[str, dict[str, Any]] = {}
-        self._context = (OUTSIDE_TESTS, OUTSIDE_PHASE)
+        self._context: tuple[str, str, tuple[str, ...]] = (OUTSIDE_TESTS, OUTSIDE_PHASE, ())
         self._bypassed = False
         self._local = threading.local()
         self._lock = threading.Lock()
 
     # -- context, set by the pytest hooks -------------------------------------------------
 
-    def begin(self, nodeid: str, phase: str, markers: list[str] | None = None) -> None:
-        record = self._test(nodeid)
-        if markers:
-            record.markers = sorted(set(record.markers) | set(markers))
-        self._context = (nodeid, phase)
+    def begin(self, nodeid: str, phase: str, markers: tuple[str, ...] = ()) -> None:
+        """Attribute what compiles from now on to ``nodeid``'s ``phase``. Cheap: a
+        record is only made for a test that compiles."""
+        self._context = (nodeid, phase, markers)
 
     def end(self) -> None:
-        self._context = (OUTSIDE_TESTS, OUTSIDE_PHASE)
+        self._context = (OUTSIDE_TESTS, OUTSIDE_PHASE, ())
 
     def set_bypassed(self, bypassed: bool) -> None:
         """While bypassed, compiles count as uncached whatever JAX reports."""
@@ -145,8 +144,11 @@ class Recorder:
         return record
 
     def _counts(self) -> tuple[Counts, str, str]:
-        nodeid, phase = self._context
-        phases = self._test(nodeid).phases
+        nodeid, phase, markers = self._context
+        record = self._test(nodeid)
+        if markers and not set(markers) <= set(record.markers):
+            record.markers = sorted(set(record.markers) | set(markers))
+        phases = record.phases
         counts = phases.get(phase)
         if counts is None:
             counts = phases[phase] = Counts()
@@ -196,7 +198,7 @@ class Recorder:
     def note_cache_warning(self, message: str) -> None:
         """JAX warned about a cache read or write; we counted it instead."""
         with self._lock:
-            nodeid, phase = self._context
+            nodeid, phase, _ = self._context
             self.cache_warnings.append(f"{nodeid} ({phase}): {message}")
 
     def _listener_failed(self, error: Exception) -> None:

@@ -85,7 +85,7 @@ def play(recorder: Recorder, steps: list[Step]) -> None:
         if step.test == OUTSIDE_TESTS:
             recorder.end()
         else:
-            recorder.begin(step.test, step.phase, list(step.markers))
+            recorder.begin(step.test, step.phase, tuple(step.markers))
         compile_(recorder, step.name, step.outcome, step.secs, step.stored)
         recorder.end()
 
