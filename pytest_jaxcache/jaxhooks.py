@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import importlib.abc
 import importlib.util
 import logging
 import os
@@ -65,9 +66,54 @@ def version(distribution: str) -> str | None:
         return None
 
 
-def ensure_available() -> None:
-    """Raise :class:`JaxMissing` unless JAX imports."""
-    _import_jax()
+def ensure_installed() -> None:
+    """Raise :class:`JaxMissing` unless JAX is installed (without importing it)."""
+    if "jax" not in sys.modules and importlib.util.find_spec("jax") is None:
+        raise JaxMissing("JAX is not installed (pip install jax)")
+
+
+class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs a callback the moment ``import jax`` completes, before the importer's next
+    line: the cache is configured before any program can compile, yet a process that
+    never imports JAX (an xdist controller, a suite without JAX) never pays for it."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+        self._loader: importlib.abc.Loader | None = None
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "jax" or self._loader is not None:
+            return None
+        self.remove()
+        spec = importlib.util.find_spec(fullname)  # the finders after us
+        if spec is None or spec.loader is None:
+            return spec
+        self._loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec: Any) -> Any:
+        assert self._loader is not None
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        assert self._loader is not None
+        self._loader.exec_module(module)
+        self._callback()
+
+    def remove(self) -> None:
+        with suppress(ValueError):
+            sys.meta_path.remove(self)
+
+
+def when_jax_imported(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` once JAX is imported (now, if it is); return a cancel function."""
+    if "jax" in sys.modules:
+        callback()
+        return lambda: None
+    hook = _AfterImport(callback)
+    sys.meta_path.insert(0, hook)
+    return hook.remove
 
 
 def keep_jax_cache_off(variable: str) -> None:

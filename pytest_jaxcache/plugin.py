@@ -180,11 +180,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     session = config.stash.get(SESSION, None)
     if session is None:
         return None
-    installation = session.installation
-    store = installation.store_kind if installation and session.store else "no store"
     lines = [
         f"jaxcache: {session.settings.cache_dir} (from {session.settings.dir_source}), "
-        f"{store}, {session.mode.value}"
+        f"{session.mode.value}"
     ]
     lines += [f"jaxcache: notice: {notice}" for notice in session.notices]
     return lines

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,27 @@ class CacheSession:
     maintenance: dict[str, Any] | None = None
     mode: Mode = Mode.READWRITE
     fingerprint: dict[str, str] = field(default_factory=dict)
+    _cancel_install: Callable[[], None] = lambda: None
 
     # -- start ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the store and configure JAX. Raises :class:`jaxhooks.JaxMissing`."""
-        jaxhooks.ensure_available()  # before the store creates a directory
+        """Open the store; configure JAX when it is imported (at once if it already
+        is). Raises :class:`jaxhooks.JaxMissing`, before any directory is made."""
+        jaxhooks.ensure_installed()
         self.mode = self.settings.mode
         self.store = self._open_store()
-        self.installation = jaxhooks.install(
-            self.settings, self.store, self.recorder, use_our_store=self.use_our_store
-        )
+        self._cancel_install = jaxhooks.when_jax_imported(self._install)
+
+    def _install(self) -> None:
+        """Runs inside ``import jax``: report a failure, never raise it into the import."""
+        try:
+            self.installation = jaxhooks.install(
+                self.settings, self.store, self.recorder, use_our_store=self.use_our_store
+            )
+        except Exception as error:
+            self.notices.append(f"could not configure JAX: {type(error).__name__}: {error}")
+            return
         self.notices.extend(self.installation.notices)
         if self.store is not None and self.installation.ours:
             self.installation.on_first_compile = self._stamp_fingerprint
@@ -117,6 +128,7 @@ class CacheSession:
             "store": stats,
             "misses": [asdict(miss) for miss in self.explain_misses()],
             "notices": self.notices,
+            "installed": self.installed(),
         }
 
     def finish(self) -> None:
@@ -138,11 +150,11 @@ class CacheSession:
         for info in self.recorder.workers.values():
             _add_stats(stats, info.get("store", {}))
         misses = self.explain_misses() + [explain.Miss(**m) for m in worker_misses]
-        installation = self.installation
+        installed = self._installed_facts()
         cache = {
             "dir": str(self.settings.cache_dir),
             "source": str(self.settings.dir_source),
-            "store": installation.store_kind if self.store is not None and installation else "none",
+            "store": installed["store"] if self.store is not None else "none",
             "mode": self.mode.value,
             "notices": self.notices,
             "max_size_bytes": self.settings.max_size_bytes,
@@ -150,10 +162,7 @@ class CacheSession:
             "after": self.after,
             "maintenance": self.maintenance,
         }
-        versions = {
-            "jax": installation.jax_version if installation else None,
-            "jaxlib": installation.jaxlib_version if installation else None,
-        }
+        versions = {"jax": installed["jax"], "jaxlib": installed["jaxlib"]}
         return report.build(
             self.recorder,
             cache=cache,
@@ -162,7 +171,28 @@ class CacheSession:
             misses=explain.summarise(misses),
         )
 
+    def _installed_facts(self) -> dict[str, Any]:
+        """Store kind and JAX versions: this process's, or (an xdist controller that
+        never imported JAX) a worker's."""
+        if self.installation is not None:
+            return self.installed()
+        for info in self.recorder.workers.values():
+            if info.get("installed"):
+                return dict(info["installed"])
+        return {"store": "none (JAX never imported)", "jax": None, "jaxlib": None}
+
+    def installed(self) -> dict[str, Any]:
+        installation = self.installation
+        if installation is None:
+            return {}
+        return {
+            "store": installation.store_kind,
+            "jax": installation.jax_version,
+            "jaxlib": installation.jaxlib_version,
+        }
+
     def stop(self) -> None:
+        self._cancel_install()
         if self.installation is not None:
             self.installation.uninstall()
             self.installation = None

@@ -45,6 +45,7 @@ class XdistHooks:
                 "store": data.get("store", {}),
                 "misses": data.get("misses", []),
                 "tests": len(records.get("tests", [])),
+                "installed": data.get("installed", {}),
             },
         )
         for notice in data.get("notices", []):
