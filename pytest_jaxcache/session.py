@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_jaxcache import explain, jaxhooks, report
+from pytest_jaxcache import explain, jaxhooks
 from pytest_jaxcache.recorder import Recorder
 from pytest_jaxcache.settings import Mode, Settings
 from pytest_jaxcache.store import Store, StoreStats
@@ -132,8 +132,19 @@ class CacheSession:
         }
 
     def finish(self) -> None:
-        """Controller (or only process): maintenance under the directory lock."""
+        """Controller (or only process): maintenance under the directory lock, when
+        there can be work: this session wrote, pruning is on, the cache was over its cap
+        already, or a killed writer left a temporary file. A warm run skips it."""
         if self.store is None:
+            return
+        writes = self.store.stats.writes + sum(
+            int(info.get("store", {}).get("writes", 0)) for info in self.recorder.workers.values()
+        )
+        cap = self.settings.max_size_bytes
+        over_cap = cap is not None and (self.before is None or self.before["bytes"] > cap)
+        leftovers = self.store.has_temporaries()  # a writer was killed mid-write
+        if not (writes or leftovers or over_cap or self.settings.prune_after_sessions):
+            self.after = asdict(self.store.usage())
             return
         result = self.store.maintain(
             max_size_bytes=self.settings.max_size_bytes,
@@ -163,6 +174,8 @@ class CacheSession:
             "maintenance": self.maintenance,
         }
         versions = {"jax": installed["jax"], "jaxlib": installed["jaxlib"]}
+        from pytest_jaxcache import report
+
         return report.build(
             self.recorder,
             cache=cache,

@@ -33,8 +33,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import filelock
+if TYPE_CHECKING:
+    import filelock
 
 MAGIC = b"JXC1"
 # magic, compile seconds, written at (unix time), fingerprint id, payload length, digest
@@ -257,6 +259,8 @@ class Store:
         return held
 
     def _claim(self, key: str, name: str) -> Entry | None:
+        import filelock  # imported on the first miss: a warm run never needs it
+
         lock = filelock.FileLock(str(self.locks_dir / f"{name}.lock"), timeout=0)
         waited = False
         try:
@@ -347,6 +351,13 @@ class Store:
         except FileNotFoundError:
             return
 
+    def has_temporaries(self) -> bool:
+        try:
+            with os.scandir(self.tmp_dir) as listing:
+                return any(True for _ in listing)
+        except FileNotFoundError:
+            return False
+
     def usage(self) -> Usage:
         count = size = 0
         for _, stat in self._scan():
@@ -419,6 +430,8 @@ class Store:
         """
         if self.readonly:
             return MaintenanceResult(ran=False, reason="read-only")
+        import filelock
+
         lock = filelock.FileLock(str(self.root / "maintenance.lock"), timeout=wait_secs)
         try:
             with lock:
@@ -510,6 +523,8 @@ class Store:
         """Remove old lock files that nobody holds. Each is unlinked while we hold it:
         filelock notices a lock whose file was unlinked (``st_nlink == 0``) and retries
         on the path, so a process waiting on it is not split from a later one."""
+        import filelock
+
         removed = 0
         try:
             with os.scandir(self.locks_dir) as listing:

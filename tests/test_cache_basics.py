@@ -129,11 +129,16 @@ def test_cold_then_warm_hits_every_program_including_import_compiles(
         ], records
         assert any(f"jit_{fragment}-" in path.name for path in written)
 
+    sessions = (cache / "sessions.json").read_bytes()
     warm_result, warm = run_jax(f"--jax-cache-dir={cache}", "-q")
     warm_result.assert_outcomes(passed=N_SUITE + 1)
     assert_all_hits(warm)
     assert warm["store"]["hits"] == warm["cachable"]["hits"]
     assert entries(cache) == written
+    # Nothing written, nothing to evict: the warm run skips maintenance altogether.
+    assert warm["cache"]["maintenance"] is None
+    assert warm["cache"]["after"] == warm["cache"]["before"]
+    assert (cache / "sessions.json").read_bytes() == sessions
     for fragment in ("conftest_warmup", "module_import_fn"):
         records = compiles_of(warm, fragment)
         assert [(c["test"], c["phase"], c["outcome"]) for c in records] == [

@@ -752,3 +752,15 @@ def test_stats_are_plain_and_notes_bounded() -> None:
         stats.note(f"error {index}")
     assert len(stats.errors) == 20
     assert json.loads(json.dumps(stats.as_dict()))["hits"] == 2
+
+
+def test_has_temporaries_sees_a_killed_writers_leftover(tmp_path: Path) -> None:
+    """Maintenance is skipped on a warm run unless a temporary file is left over; the
+    store must tell an empty ``tmp/`` from one holding a killed writer's partial file."""
+    store = make_store(tmp_path / "cache")
+    assert not store.has_temporaries()
+    store.put("jit_f-" + "a" * 64, b"payload")
+    assert not store.has_temporaries()  # a completed write leaves nothing behind
+    (store.tmp_dir / "jit_f-partial.123.abcd").write_bytes(b"half")
+    assert store.has_temporaries()
+    assert not Store(tmp_path / "never-created").has_temporaries()
