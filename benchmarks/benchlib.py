@@ -1,0 +1,300 @@
+"""Shared helpers: run pytest in a subprocess and time it, summarise ratios, render
+markdown. Nothing here prints an absolute time: benchmarks report ratios of variants
+measured side by side, because the machine they run on is shared and noisy."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import benchmarks_compile_timer
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+EXAMPLES = REPO / "examples"
+TIMER_PLUGIN = benchmarks_compile_timer.__name__
+TIMER_ENV = benchmarks_compile_timer.ENV
+# pytest-benchmark, where installed, warns under xdist, and examples/ turns warnings
+# into errors: it is blocked in every variant (a no-op where it is not installed).
+PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:benchmark")
+RUN_TIMEOUT_SECS = 900.0
+
+# Environment that would change what a benchmarked session does.
+_SCRUBBED_PREFIXES = (
+    "PYTEST_",
+    "JAX_COMPILATION_CACHE",
+    "JAX_PERSISTENT_CACHE",
+    "JAX_ENABLE_COMPILATION_CACHE",
+    "JAX_EXPLAIN_CACHE_MISSES",
+    "JAX_LOG_COMPILES",
+    "JAX_RAISE_PERSISTENT_CACHE_ERRORS",
+)
+
+T = TypeVar("T")
+
+
+class BenchError(RuntimeError):
+    """A benchmarked run failed: its figures would mean nothing."""
+
+
+def log(message: str) -> None:
+    """Progress, on stderr, so that stdout holds only the tables."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# -- workspace ---------------------------------------------------------------------------
+
+
+class Workspace:
+    """Fresh, uniquely named directories under one temporary root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._count = 0
+
+    def fresh(self, name: str) -> Path:
+        """A new empty directory whose name starts with ``name``."""
+        self._count += 1
+        path = self.root / f"{self._count:04d}-{name}"
+        path.mkdir(parents=True)
+        return path
+
+    def path(self, name: str) -> Path:
+        """A new path that does not exist yet (for a cache dir or a report)."""
+        self._count += 1
+        return self.root / f"{self._count:04d}-{name}"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every benchmark gets from ``run.py``."""
+
+    quick: bool
+    workspace: Workspace
+    example_files: tuple[str, ...] | None  # None: the whole examples/ suite
+
+    def suite_label(self) -> str:
+        if self.example_files is None:
+            return "examples/ (all files)"
+        return "examples/ subset: " + ", ".join(self.example_files)
+
+
+def copy_examples(dest: Path, files: Sequence[str] | None) -> Path:
+    """Copy examples/ (or its conftest, ini and the given test files) to ``dest``."""
+    ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".jaxcache")
+    if files is None:
+        shutil.copytree(EXAMPLES, dest, ignore=ignore)
+        return dest
+    dest.mkdir(parents=True)
+    for name in ("conftest.py", "pytest.ini", *files):
+        shutil.copy2(EXAMPLES / name, dest / name)
+    return dest
+
+
+# -- running pytest ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed pytest subprocess."""
+
+    wall_secs: float
+    cpu_secs: float  # user + system time of pytest and every process it waited for
+    compile_secs: float  # sum of backend_compile_duration over all processes (timer)
+    timer_files: int  # processes that reported to the timer
+    report: dict[str, Any] | None  # pytest-jaxcache's JSON report, when asked for
+    output: str
+
+    def report_compile_secs(self) -> float:
+        """``totals.compile_secs + totals.retrieval_secs`` from the JSON report."""
+        totals = self.require_report()["totals"]
+        return float(totals["compile_secs"]) + float(totals["retrieval_secs"])
+
+    def require_report(self) -> dict[str, Any]:
+        if self.report is None:
+            raise BenchError("this run wrote no pytest-jaxcache report")
+        return self.report
+
+
+def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment, minus what would change the session, plus the
+    benchmarks directory on ``PYTHONPATH`` (for ``-p benchmarks_compile_timer``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(BENCH_DIR) + (os.pathsep + path if path else "")
+    env.update(extra or {})
+    return env
+
+
+def run_pytest(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    workspace: Workspace,
+    extra_env: Mapping[str, str] | None = None,
+    timer: bool = True,
+    report: Path | None = None,
+) -> Run:
+    """Run ``python -m pytest -q -p no:randomly -p no:benchmark ARGS`` in ``cwd`` and
+    time it.
+
+    With ``timer`` the compile-timer plugin is loaded; with ``report`` the
+    pytest-jaxcache JSON report is written there and read back. Raises
+    :class:`BenchError` when pytest does not exit 0.
+    """
+    env = dict(extra_env or {})
+    command = [*PYTEST, *args]
+    timer_dir: Path | None = None
+    if timer:
+        timer_dir = workspace.fresh("timer")
+        env[TIMER_ENV] = str(timer_dir)
+        command += ["-p", TIMER_PLUGIN]
+    if report is not None:
+        command += ["--jax-cache-report", str(report)]
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(
+        command,
+        cwd=cwd,
+        env=subprocess_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=RUN_TIMEOUT_SECS,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    cpu = _cpu_secs(resource.getrusage(resource.RUSAGE_CHILDREN)) - _cpu_secs(usage)
+    if done.returncode != 0:
+        tail = "\n".join(done.stdout.splitlines()[-40:])
+        raise BenchError(f"exit {done.returncode}: {' '.join(command)}\n{tail}")
+    secs, files = read_timer(timer_dir) if timer_dir is not None else (0.0, 0)
+    data = json.loads(report.read_text()) if report is not None else None
+    return Run(wall, cpu, secs, files, data, done.stdout)
+
+
+def _cpu_secs(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def read_timer(directory: Path) -> tuple[float, int]:
+    """Sum of backend compile seconds over the processes' files, and their number."""
+    files = sorted(directory.glob("*.json"))
+    if not files:
+        raise BenchError(f"the compile timer wrote nothing in {directory}")
+    total = sum(float(json.loads(f.read_text())["backend_compile_secs"]) for f in files)
+    return total, len(files)
+
+
+def prime(cwd: Path, workspace: Workspace) -> None:
+    """One untimed collect-only run: writes bytecode and warms the page cache, so that
+    the first timed variant pays no more than the others."""
+    run_pytest(
+        ["-p", "no:cacheprovider", "-p", "no:jaxcache", "--collect-only"],
+        cwd=cwd,
+        workspace=workspace,
+        timer=False,
+    )
+
+
+def count_files(directory: Path, suffix: str = "") -> int:
+    """Plain files in ``directory`` whose name ends with ``suffix``."""
+    if not directory.is_dir():
+        return 0
+    return sum(1 for p in directory.iterdir() if p.is_file() and p.name.endswith(suffix))
+
+
+# -- statistics --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median and range of repeated measurements of one ratio."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+
+def summarise(values: Iterable[float]) -> Summary:
+    data = list(values)
+    if not data:
+        raise BenchError("nothing to summarise")
+    return Summary(statistics.median(data), min(data), max(data), len(data))
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``; ``inf`` when the denominator is zero."""
+    return numerator / denominator if denominator else float("inf")
+
+
+def rotate(items: Sequence[T], shift: int) -> list[T]:
+    """``items`` rotated left by ``shift``: varies the order of variants per repeat."""
+    if not items:
+        return []
+    shift %= len(items)
+    return [*items[shift:], *items[:shift]]
+
+
+# -- formatting --------------------------------------------------------------------------
+
+
+def fmt_ratio(summary: Summary, digits: int = 2) -> str:
+    """``median (min-max)`` of a ratio; just the value when the range is nil."""
+    value, low, high = (f"{v:.{digits}f}" for v in (summary.median, summary.low, summary.high))
+    return value if low == high else f"{value} ({low}-{high})"
+
+
+def fmt_x(summary: Summary) -> str:
+    """A large ratio as ``123x (100x-140x)``."""
+    value = f"{summary.median:.0f}x" if summary.median >= 10 else f"{summary.median:.2f}x"
+    if summary.n == 1:
+        return value
+    return f"{value} ({summary.low:.1f}x-{summary.high:.1f}x)"
+
+
+def fmt_count(values: list[int]) -> str:
+    """A count over repeats: ``3`` or ``3 (2-5)``."""
+    low, high = min(values), max(values)
+    middle = sorted(values)[len(values) // 2]
+    return str(middle) if low == high else f"{middle} ({low}-{high})"
+
+
+def worst_rate(rates: Sequence[float | None]) -> float | None:
+    """The lowest of some hit rates; ``None`` if any is unknown (no lookups)."""
+    known = [rate for rate in rates if rate is not None]
+    return min(known) if known and len(known) == len(rates) else None
+
+
+def fmt_pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**MISSED**"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A markdown table."""
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def section(title: str, intro: str, *blocks: str) -> str:
+    """A markdown section: heading, a paragraph, then tables or notes."""
+    return "\n\n".join([f"## {title}", intro.strip(), *[b.strip() for b in blocks if b]])

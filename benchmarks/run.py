@@ -1,0 +1,148 @@
+"""Run the pytest-jaxcache benchmarks; print markdown tables of ratios.
+
+    python benchmarks/run.py                  # everything (about 10 minutes on 2 cores)
+    python benchmarks/run.py --quick          # smoke run: fewer repeats, smaller suite
+    python benchmarks/run.py --only store     # one benchmark (repeatable, or a,b)
+
+The tables also go to ``benchmarks/results/latest.md``. Every figure is a ratio of
+variants measured side by side in the same run, interleaved and repeated: the machine
+is shared and noisy, so no absolute time is ever reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+import bench_examples  # noqa: E402
+import bench_overhead  # noqa: E402
+import bench_store  # noqa: E402
+import bench_xdist  # noqa: E402
+from benchlib import BenchError, Context, Workspace, log  # noqa: E402
+
+BENCHES: dict[str, Callable[[Context], str]] = {
+    bench_examples.NAME: bench_examples.run,
+    bench_overhead.NAME: bench_overhead.run,
+    bench_store.NAME: bench_store.run,
+    bench_xdist.NAME: bench_xdist.run,
+}
+SMALL_SUITE = ("test_vmap.py", "test_checks.py")
+RESULTS = BENCH_DIR / "results" / "latest.md"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: fewer repeats, and the small examples suite unless --suite full",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help=f"run only these benchmarks ({', '.join(BENCHES)}); repeatable or comma-separated",
+    )
+    parser.add_argument(
+        "--suite",
+        choices=("full", "small"),
+        help=f"examples/ suite for benches 1 and 4: full (default) or small "
+        f"({', '.join(SMALL_SUITE)}; default with --quick)",
+    )
+    return parser.parse_args(argv)
+
+
+def selected(only: list[str] | None) -> list[str]:
+    """Benchmark names to run, in their canonical order; exits on an unknown name."""
+    if not only:
+        return list(BENCHES)
+    names = {name.strip() for item in only for name in item.split(",") if name.strip()}
+    unknown = names - set(BENCHES)
+    if unknown:
+        raise SystemExit(
+            f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from {', '.join(BENCHES)}"
+        )
+    return [name for name in BENCHES if name in names]
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{value:.1f}" for value in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def header(args: argparse.Namespace, ctx: Context, names: list[str], load_before: str) -> str:
+    """What was run, where: enough to judge how comparable two result files are."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# pytest-jaxcache benchmarks",
+        "",
+        f"- {now}; mode: {'quick' if args.quick else 'full'}; benchmarks: {', '.join(names)}",
+        f"- examples suite: {ctx.suite_label()}",
+        f"- pytest-jaxcache {_version('pytest-jaxcache')}, jax {_version('jax')}, "
+        f"jaxlib {_version('jaxlib')}, pytest {_version('pytest')}, "
+        f"pytest-xdist {_version('pytest-xdist')}, Python {platform.python_version()}",
+        f"- {os.cpu_count()} CPUs; load average (1/5/15 min) before: {load_before}, "
+        f"after: {_load()}",
+        "- All figures are ratios of variants run side by side (interleaved, repeated); "
+        "no absolute times, because this machine is shared.",
+    ]
+    return "\n".join(lines)
+
+
+def run_benches(names: list[str], ctx: Context) -> tuple[list[str], bool]:
+    """Each benchmark's section; a failed benchmark gets a section saying why."""
+    sections, ok = [], True
+    for name in names:
+        started = time.monotonic()
+        try:
+            sections.append(BENCHES[name](ctx))
+        except BenchError as error:
+            ok = False
+            sections.append(f"## {name}\n\n**failed**:\n\n```\n{error}\n```")
+        log(f"{name}: done in {time.monotonic() - started:.0f} s")
+    return sections, ok
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = selected(args.only)
+    suite = args.suite or ("small" if args.quick else "full")
+    load_before = _load()
+    with tempfile.TemporaryDirectory(prefix="jaxcache-bench-") as tmp:
+        ctx = Context(
+            quick=args.quick,
+            workspace=Workspace(Path(tmp)),
+            example_files=SMALL_SUITE if suite == "small" else None,
+        )
+        sections, ok = run_benches(names, ctx)
+    text = "\n\n".join([header(args, ctx, names, load_before), *sections]) + "\n"
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(text)
+    print(text)
+    log(f"written to {RESULTS.relative_to(BENCH_DIR.parent)}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
