@@ -37,7 +37,7 @@ SUMMARY_MARK = "jax cache:"  # the plugin's one-line summary under -q
 
 def repeats(quick: bool) -> tuple[int, int]:
     """(serial pairs, ``-n 2`` pairs)."""
-    return (3, 3) if quick else (7, 3)
+    return (3, 3) if quick else (15, 5)
 
 
 def write_suite(dest: Path, n_tests: int = N_TESTS) -> Path:

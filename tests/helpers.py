@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +21,75 @@ RunJax = Callable[..., tuple[pytest.RunResult, dict[str, Any]]]
 UNRELATED_PLUGINS = ("-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:jaxtyping")
 
 
+def _jax_version() -> tuple[int, int]:
+    major, minor = importlib.metadata.version("jax").split(".")[:2]
+    return int(major), int(minor)
+
+
+# Up to JAX 0.10 programs with host callbacks are looked up but never written; from 0.11
+# they are cached. The one place where expectations legitimately depend on the JAX
+# version: every test that branches on it says so.
+CALLBACKS_CACHED = _jax_version() >= (0, 11)
+
+
 def entries(cache_dir: Path) -> list[Path]:
     """The entry files of a pytest-jaxcache store."""
     folder = cache_dir / "entries"
     return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def write_files(base: Path, files: dict[str, str]) -> None:
+    """Write dedented ``files`` (paths relative to ``base``)."""
+    for name, text in files.items():
+        path = base / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment without anything that would steer a child's cache or
+    xdist (an outer xdist worker, a developer's JAX_* variables)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("JAX_", "PYTEST_", "XLA_"))
+    }
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def pytest_command(*args: str) -> list[str]:
+    """A child pytest session, for tests that need ``subprocess`` rather than pytester
+    (concurrent sessions, module-scoped cold runs)."""
+    return [
+        sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
+        *UNRELATED_PLUGINS, *args,
+    ]  # fmt: skip
+
+
+def cold_session(root: Path, files: dict[str, str], *args: str) -> dict[str, Any]:
+    """Write ``files`` into ``root``, run one session there with a cache at
+    ``root/cache`` and return its JSON report (the session must pass)."""
+    write_files(root, files)
+    report = root / "report.json"
+    proc = subprocess.run(
+        pytest_command(*args, "--jax-cache-dir=cache", f"--jax-cache-report={report}"),
+        cwd=root,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data: dict[str, Any] = json.loads(report.read_text())
+    return data
+
+
+def assert_all_hits(report: dict[str, Any]) -> None:
+    """Every cachable lookup of the session hit; nothing was written."""
+    cachable = report["cachable"]
+    assert cachable["requests"] > 0, cachable
+    assert cachable["hits"] == cachable["requests"], cachable
+    assert cachable["misses"] == 0, cachable
+    assert cachable["hit_rate"] == 1.0, cachable
+    assert report["store"]["writes"] == 0, report["store"]

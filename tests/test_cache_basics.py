@@ -8,12 +8,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import UNRELATED_PLUGINS, RunJax, entries
+from helpers import UNRELATED_PLUGINS, RunJax, assert_all_hits, entries, write_files
 
 # A small suite: parametrized shapes, a few jitted functions.
 SUITE = """
@@ -42,24 +40,6 @@ SUITE = """
 N_SUITE = 4
 
 
-def write(base: Path, files: dict[str, str]) -> None:
-    """Write dedented ``files`` (relative paths) under ``base``."""
-    for name, text in files.items():
-        path = base / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
-
-
-def assert_all_hits(report: dict[str, Any]) -> None:
-    """Every cachable lookup of the session hit; nothing was compiled for the cache."""
-    cachable = report["cachable"]
-    assert cachable["requests"] > 0, cachable
-    assert cachable["hits"] == cachable["requests"], cachable
-    assert cachable["misses"] == 0, cachable
-    assert cachable["hit_rate"] == 1.0, cachable
-    assert report["store"]["writes"] == 0, report["store"]
-
-
 def compiles_of(report: dict[str, Any], fragment: str) -> list[dict[str, Any]]:
     """The report's compile records of programs whose name contains ``fragment``."""
     return [c for c in report["compiles"] if fragment in c["name"]]
@@ -78,7 +58,7 @@ def test_cold_then_warm_hits_every_program_including_import_compiles(
     """A cold run writes one entry per program; the warm run serves every cachable
     lookup from the cache, including programs compiled while conftest.py and a test
     module are imported. Default verbosity shows the section, ``-q`` one line."""
-    write(
+    write_files(
         pytester.path,
         {
             "conftest.py": """
@@ -162,7 +142,7 @@ def test_dir_precedence_cli_over_ini_over_env(
     ``JAX_COMPILATION_CACHE_DIR``; the winner gets the entries, the report and the header
     name it. The ini path is relative to the rootdir even when pytest runs from a
     subdirectory; the CLI path is relative to where pytest was invoked."""
-    write(
+    write_files(
         pytester.path,
         {
             "pytest.ini": "[pytest]\njax_cache_dir = inidir\n",
@@ -206,7 +186,7 @@ def test_dir_precedence_cli_over_ini_over_env(
 
 def test_pyproject_ini_dir(pytester: pytest.Pytester, run_jax: RunJax) -> None:
     """``[tool.pytest.ini_options] jax_cache_dir`` in pyproject.toml is read too."""
-    write(
+    write_files(
         pytester.path,
         {
             "pyproject.toml": '[tool.pytest.ini_options]\njax_cache_dir = ".jaxcache"\n',
@@ -225,7 +205,7 @@ def test_empty_cli_dir_disables_the_plugin_even_with_env(
 ) -> None:
     """``--jax-cache-dir=`` switches the plugin off although the env names a dir:
     no header, no report section, no JSON report, no store in the env dir."""
-    write(pytester.path, {"test_suite.py": SUITE})
+    write_files(pytester.path, {"test_suite.py": SUITE})
     env_dir = pytester.path / "envdir"
     clean_env.setenv("JAX_COMPILATION_CACHE_DIR", str(env_dir))
     result, report = run_jax("--jax-cache-dir=")
@@ -242,7 +222,7 @@ def test_empty_cli_dir_turns_jax_persistent_cache_off(
 ) -> None:
     """``--jax-cache-dir=`` means *no cache*: JAX must not fall back to the env dir
     (here with a zero compile-time threshold from the env, as many shells have it)."""
-    write(pytester.path, {"test_suite.py": SUITE})
+    write_files(pytester.path, {"test_suite.py": SUITE})
     env_dir = pytester.path / "envdir"
     clean_env.setenv("JAX_COMPILATION_CACHE_DIR", str(env_dir))
     clean_env.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -257,7 +237,7 @@ def test_no_jaxcache_removes_the_plugin(
 ) -> None:
     """``-p no:jaxcache``: the suite runs without the plugin (its ini key is ignored,
     nothing is created), and its options are gone from the command line."""
-    write(
+    write_files(
         pytester.path,
         {"pytest.ini": "[pytest]\njax_cache_dir = inidir\n", "test_suite.py": SUITE},
     )
@@ -279,7 +259,7 @@ def test_min_compile_time_from_cli_and_ini(pytester: pytest.Pytester, run_jax: R
     """The compile-time threshold is read from ini and CLI (CLI wins): at 1000 s no
     program qualifies, every lookup is uncachable and nothing is written; at 0 s
     everything is written."""
-    write(
+    write_files(
         pytester.path,
         {
             "pytest.ini": "[pytest]\njax_cache_min_compile_time = 1000\n",
@@ -320,7 +300,7 @@ def test_cache_copied_to_another_checkout_hits(
     checkout A and copied with the sources to checkout B (A deleted, pytest started
     from elsewhere) serves every program of B."""
     a, b = pytester.path / "a", pytester.path / "b"
-    write(
+    write_files(
         a,
         {
             "pytest.ini": "[pytest]\njax_cache_dir = .jaxcache\n",
@@ -354,7 +334,7 @@ def test_real_suite_patterns_pass_cold_and_warm(pytester: pytest.Pytester, run_j
     """With the plugin on, a suite that configures devices in conftest, asserts no live
     arrays at its start, turns warnings into errors and asserts empty logs still passes,
     cold and warm (``-W error`` too), and the warm run hits everything."""
-    write(
+    write_files(
         pytester.path,
         {
             "pytest.ini": "[pytest]\nfilterwarnings =\n    error\n",
@@ -416,7 +396,7 @@ def test_corrupt_entries_are_repaired_under_w_error(
     """A truncated, a garbage and a zero-length entry are detected, removed, recompiled
     and rewritten without a warning reaching the tests (``-W error`` and
     ``filterwarnings = error``); the run after that hits everything again."""
-    write(
+    write_files(
         pytester.path,
         {"pytest.ini": "[pytest]\nfilterwarnings =\n    error\n", "test_suite.py": SUITE},
     )
@@ -455,7 +435,7 @@ def test_corrupt_entry_in_jax_store_is_counted_not_raised(
     """With ``--jax-cache-store=jax`` a garbage ``*-cache`` file makes JAX warn; under
     ``-W error`` and ``filterwarnings = error`` the run stays green and the warning is
     counted in the report instead."""
-    write(
+    write_files(
         pytester.path,
         {"pytest.ini": "[pytest]\nfilterwarnings =\n    error\n", "test_suite.py": SUITE},
     )
@@ -550,7 +530,7 @@ def test_json_report_schema_phases_markers_and_durations(
     module fixture to the first test's setup); the markers pass ``--strict-markers``;
     a ``jax_no_cache`` test's compiles are uncached and leave no entry; the slowest
     list shows ``--jax-cache-durations`` rows."""
-    write(pytester.path, {"test_report.py": REPORT_SUITE})
+    write_files(pytester.path, {"test_report.py": REPORT_SUITE})
     cache = pytester.path / "cache"
     result, report = run_jax(
         f"--jax-cache-dir={cache}", "--strict-markers", "--jax-cache-durations=1"

@@ -6,7 +6,6 @@ other, ``--jax-cache-strict``, and ``jax_no_cache``."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import itertools
 import re
 import textwrap
@@ -14,26 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import RunJax, entries
-
-
-def _jax_version() -> tuple[int, int]:
-    major, minor = importlib.metadata.version("jax").split(".")[:2]
-    return int(major), int(minor)
-
-
-# Up to JAX 0.10 programs with host callbacks are looked up but never written; from 0.11
-# they are cached. This is the one place where expectations legitimately depend on the
-# JAX version, and every test that branches on it says so.
-CALLBACKS_CACHED = _jax_version() >= (0, 11)
-
-
-def write(base: Path, files: dict[str, str]) -> None:
-    """Write dedented ``files`` (relative paths) under ``base``."""
-    for name, text in files.items():
-        path = base / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
+from helpers import CALLBACKS_CACHED, RunJax, entries, write_files
 
 
 def verbose_order(result: pytest.RunResult) -> list[str]:
@@ -139,7 +119,7 @@ def test_host_callbacks_are_found_uncachable_marked_or_not(
     hint; the same tests under a module-level ``pytestmark`` are listed as marked and stay
     out of the cachable counts. A marked test with only cachable programs is listed as a
     marker that may be unneeded."""
-    write(
+    write_files(
         pytester.path,
         {
             "callbacks.py": CALLBACKS,
@@ -282,7 +262,7 @@ def test_marked_tests_run_last_in_stable_order(pytester: pytest.Pytester, run_ja
     the markers pass ``--strict-markers``. After a plugin that reverses the items (as
     pytest-randomly shuffles them), the partition still holds and each group keeps the
     reversed order."""
-    write(pytester.path, ORDER_SUITE)
+    write_files(pytester.path, ORDER_SUITE)
 
     result, _ = run_jax("-v", "--strict-markers", "-p", "no:xdist")
     result.assert_outcomes(passed=len(COLLECTED))
@@ -452,7 +432,7 @@ def test_torax_style_switch_never_leaks_programs_between_settings(
     and never in unmarked ones, interleaved [u, m, u, m, ...] without xdist and under
     ``-n 2`` with ``--dist loadgroup`` (marked tests on one worker, '@jax_errors' nodeids)
     and ``--dist load``. Warm runs hit every program of unmarked tests."""
-    write(pytester.path, TORAX_SUITE)
+    write_files(pytester.path, TORAX_SUITE)
     cache = f"--jax-cache-dir={pytester.path / 'cache'}"
     n_tests = len(TORAX_UNMARKED) + len(TORAX_MARKED)
 
@@ -569,7 +549,7 @@ def test_equinox_style_switch_raise_when_marked_nan_otherwise(
     """The switch sets equinox's EQX_ON_ERROR: marked tests see ``error_if`` raise on bad
     input, unmarked ones see NaN, though all call the same jitted function in the order
     [u, m, u, m]. Unmarked tests' programs (no callback under 'nan') are cachable."""
-    write(pytester.path, EQX_SUITE)
+    write_files(pytester.path, EQX_SUITE)
     result, report = run_jax(f"--jax-cache-dir={pytester.path / 'cache'}", "-p", "no:xdist")
     result.assert_outcomes(passed=4)
     assert unmarked_uncachable(report) == []
@@ -606,7 +586,7 @@ def test_strict_fails_the_session_on_unmarked_uncachable_tests(
     """``--jax-cache-strict`` (or ini ``jax_cache_strict = true``): exit code 1 when an
     unmarked test compiled uncachable programs although every test passed; 0 when the
     same test is marked."""
-    write(
+    write_files(
         pytester.path,
         {
             "test_unmarked_cb.py": STRICT_TEST.format(mark=""),

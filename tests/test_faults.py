@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import UNRELATED_PLUGINS
+from helpers import (
+    assert_all_hits,
+    child_env,
+    cold_session,
+    entries,
+    pytest_command,
+    write_files,
+)
 
 from pytest_jaxcache.store import Store, decode, file_name
 
@@ -105,49 +112,12 @@ BIG_PAYLOAD = 200 * 2**20
 # -- helpers ------------------------------------------------------------------------------
 
 
-def write_files(root: Path, files: dict[str, str]) -> None:
-    for name, text in files.items():
-        (root / name).write_text(text.lstrip())
-
-
-def child_env() -> dict[str, str]:
-    """This process's environment without anything that would steer a child's cache or
-    xdist (an outer xdist worker, a developer's JAX_* variables)."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("JAX_", "PYTEST_", "XLA_"))
-    }
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
-
-
-def pytest_command(*args: str) -> list[str]:
-    return [
-        sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
-        *UNRELATED_PLUGINS, *args,
-    ]  # fmt: skip
-
-
-def entry_files(cache: Path) -> list[Path]:
-    folder = cache / "entries"
-    return sorted(folder.iterdir()) if folder.is_dir() else []
-
-
 def assert_entries_decode(cache: Path) -> list[Path]:
     """Every entry left in the store is complete; returns them."""
-    found = entry_files(cache)
+    found = entries(cache)
     corrupt = [path.name for path in found if decode(path.read_bytes()) is None]
     assert not corrupt, f"corrupt entries: {corrupt}"
     return found
-
-
-def assert_all_hits(report: dict[str, Any]) -> None:
-    cachable = report["cachable"]
-    assert cachable["requests"] > 0
-    assert cachable["hits"] == cachable["requests"], cachable
-    assert cachable["misses"] == 0 and cachable["hit_rate"] == 1.0
-    assert report["store"]["writes"] == 0
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int] | None]:
@@ -185,18 +155,7 @@ class ColdCache:
 def cold_cache(tmp_path_factory: pytest.TempPathFactory) -> ColdCache:
     """One cold ``-n 2`` session of SUITE; tests copy its cache."""
     root = tmp_path_factory.mktemp("cold-faults")
-    write_files(root, SUITE)
-    report = root / "report.json"
-    proc = subprocess.run(
-        pytest_command("-n", "2", "--jax-cache-dir=cache", f"--jax-cache-report={report}"),
-        cwd=root,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    data = json.loads(report.read_text())
+    data = cold_session(root, SUITE, "-n", "2")
     assert data["store"]["writes"] == SUITE_SIZE  # one entry per test, as designed
     return ColdCache(root / "cache", data)
 
@@ -327,7 +286,7 @@ def test_truncated_entries_repaired_under_two_workers(run_jax: RunJax, warm_cach
     """Every entry hand-truncated (to 0 bytes, a bare header, half, all but one byte):
     a warm ``-n 2 -W error`` session is green, repairs each one exactly once (summed over
     the workers), rewrites them, and the next session hits everything."""
-    truncated = entry_files(warm_cache)
+    truncated = entries(warm_cache)
     assert len(truncated) == SUITE_SIZE
     for index, path in enumerate(truncated):
         data = path.read_bytes()
@@ -362,7 +321,7 @@ def test_readonly_serves_hits_and_touches_nothing(run_jax: RunJax, warm_cache: P
     and not one file or folder of the cache changes (no write, no LRU mtime touch, no
     session record) even with a size cap far below its size."""
     before = snapshot(warm_cache)
-    size = sum(path.stat().st_size for path in entry_files(warm_cache))
+    size = sum(path.stat().st_size for path in entries(warm_cache))
     assert size > 1000
 
     result, report = run_jax(
@@ -465,7 +424,7 @@ def test_disk_full_from_the_start(
     result.assert_outcomes(passed=SUITE_SIZE)
     assert any("disk full" in notice for notice in report["cache"]["notices"])
     assert "disk full" in result.stdout.str()
-    assert entry_files(cache) == []
+    assert entries(cache) == []
     assert report["store"]["repaired"] == 0
 
 
@@ -479,7 +438,7 @@ def test_full_disk_still_evicts_to_the_cap(
     result, _ = run_jax("-n", "0", "--jax-cache-max-size=none", f"--jax-cache-dir={cache}")
     assert result.ret == 0
     fill_disk(small_disk / "filler")
-    assert sum(p.stat().st_size for p in entry_files(cache)) > 10_000
+    assert sum(p.stat().st_size for p in entries(cache)) > 10_000
 
     result, report = run_jax("-n", "0", "--jax-cache-max-size=10KB", f"--jax-cache-dir={cache}")
     assert result.ret == 0

@@ -6,32 +6,13 @@ changed, a new program."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import RunJax
-
-
-def _jax_version() -> tuple[int, int]:
-    major, minor = importlib.metadata.version("jax").split(".")[:2]
-    return int(major), int(minor)
-
-
-# Up to JAX 0.10 programs with host callbacks are looked up but never written; from 0.11
-# they are cached. The only place where expectations legitimately depend on the version.
-CALLBACKS_CACHED = _jax_version() >= (0, 11)
-
-
-def write(base: Path, files: dict[str, str]) -> None:
-    """Write dedented ``files`` (relative paths) under ``base``."""
-    for name, text in files.items():
-        path = base / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
+from helpers import CALLBACKS_CACHED, RunJax, write_files
 
 
 def misses_by_reason(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -151,7 +132,7 @@ def test_assert_cached_and_counts_on_cold_and_warm_caches(
     'uncachable', for a function with jax.debug.callback (JAX 0.10), and fails when the
     function compiled nothing. ``counts()``/``compiles()`` reflect the current test's
     miss (cold) or hit (warm), in agreement with the report."""
-    write(pytester.path, FIXTURE_SUITE)
+    write_files(pytester.path, FIXTURE_SUITE)
     cache = f"--jax-cache-dir={pytester.path / 'cache'}"
 
     for run, outcome in (("cold", "miss"), ("warm", "hit")):
@@ -187,7 +168,7 @@ def test_assert_cached_without_a_cache_dir_says_what_to_do(
 ) -> None:
     """Without ``--jax-cache-dir`` the fixture still works (``enabled`` is False, counts
     are zero) and ``assert_cached`` fails with a message naming ``--jax-cache-dir``."""
-    write(
+    write_files(
         pytester.path,
         {
             "test_nodir.py": """
@@ -221,7 +202,7 @@ def test_assert_cached_explains_a_program_that_changes_between_runs(
     """A function that bakes a fresh random constant into its program misses on the
     second run: ``assert_cached`` fails and says the key changed between two identical
     runs (something non-deterministic is traced in)."""
-    write(
+    write_files(
         pytester.path,
         {
             "test_noisy.py": """
