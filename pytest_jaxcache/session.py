@@ -18,7 +18,9 @@ from pytest_jaxcache.recorder import Recorder
 from pytest_jaxcache.settings import Mode, Settings
 from pytest_jaxcache.store import Store, StoreStats
 
-_READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
+# A cache that exists but cannot take writes (a read-only mount, another user's restored
+# cache, a full disk) is still worth reading.
+_READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC}
 
 
 @dataclass
@@ -26,7 +28,6 @@ class CacheSession:
     settings: Settings
     recorder: Recorder
     use_our_store: bool = True
-    is_worker: bool = False
     started_at: float = field(default_factory=time.time)
     store: Store | None = None
     installation: jaxhooks.Installation | None = None
@@ -78,18 +79,15 @@ class CacheSession:
         try:
             store.create()
         except OSError as error:
-            if error.errno in _READ_ONLY_ERRNOS and (root / "entries").is_dir():
+            if error.errno not in _READ_ONLY_ERRNOS or not (root / "entries").is_dir():
                 self.notices.append(
-                    f"{root} is not writable ({error.strerror}): using it read-only"
+                    f"cannot use {root} ({error.strerror or error}): running uncached"
                 )
-                self.mode = Mode.READONLY
-                return replace_store(store, readonly=True)
-            if error.errno == errno.ENOSPC and (root / "entries").is_dir():
-                self.notices.append(f"{root}: disk full: using it read-only")
-                self.mode = Mode.READONLY
-                return replace_store(store, readonly=True)
-            self.notices.append(f"cannot use {root} ({error.strerror or error}): running uncached")
-            return None
+                return None
+            why = "disk full" if error.errno == errno.ENOSPC else f"not writable ({error.strerror})"
+            self.notices.append(f"{root} is {why}: using it read-only")
+            self.mode = Mode.READONLY
+            return Store(root, readonly=True, lock_timeout_secs=self.settings.lock_timeout_secs)
         return store
 
     def _stamp_fingerprint(self) -> None:
@@ -104,7 +102,6 @@ class CacheSession:
     def become_worker(self, worker_id: str, controller: dict[str, Any] | None) -> None:
         """An xdist worker takes the controller's session start: entries it writes
         belong to that session, not to one of their own, when misses are explained."""
-        self.is_worker = True
         self.recorder.worker = worker_id
         if controller is not None:
             self.started_at = float(controller["started_at"])
@@ -209,10 +206,6 @@ class CacheSession:
         if self.installation is not None:
             self.installation.uninstall()
             self.installation = None
-
-
-def replace_store(store: Store, *, readonly: bool) -> Store:
-    return Store(store.root, readonly=readonly, lock_timeout_secs=store.lock_timeout_secs)
 
 
 def _add_stats(total: StoreStats, data: dict[str, Any]) -> None:
