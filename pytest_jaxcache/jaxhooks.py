@@ -239,18 +239,24 @@ def install(
     if store is not None and use_our_store and seam is None:
         installation.notices.append(f"{why_not}; using {JAX_STORE} (no atomic writes)")
 
-    if store is None:  # no usable dir: no lookups (they could only miss)
+    location = str(store.root) if store is not None else settings.remote_url
+    if store is None and location is not None and importlib.util.find_spec("etils") is None:
+        # JAX would fail on every lookup and write (and name nothing): say it once.
+        installation.notices.append(f"{location}: etils[epath] is not installed: running uncached")
+        location = None
+    if location is None:  # no usable dir: no lookups (they could only miss)
         _update_config(jax, installation, "jax_enable_compilation_cache", False)
     else:
         updates: dict[str, Any] = {
             "jax_enable_compilation_cache": True,
-            "jax_compilation_cache_dir": str(store.root),
+            "jax_compilation_cache_dir": location,
             "jax_persistent_cache_min_compile_time_secs": settings.min_compile_time_secs,
             "jax_persistent_cache_min_entry_size_bytes": settings.min_entry_size_bytes,
             "jax_persistent_cache_enable_xla_caches": settings.xla_caches,
             # Our store evicts once per session; JAX's would lock and scan on every write.
+            # A remote store is never capped: JAX's eviction needs a local lock file.
             "jax_compilation_cache_max_size": -1
-            if ours or settings.max_size_bytes is None
+            if ours or store is None or settings.max_size_bytes is None
             else settings.max_size_bytes,
         }
         for name, value in updates.items():
@@ -267,7 +273,7 @@ def install(
             "warnings",
             _CacheWarnings(warnings, recorder),
         )
-        if store is not None:
+        if location is not None:
             _reset_jax_cache(seam)  # a cache initialised before us (unlikely) is dropped
 
     _register_listeners(jax, installation, recorder)

@@ -181,7 +181,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if session is None:
         return None
     lines = [
-        f"jaxcache: {session.settings.cache_dir} (from {session.settings.dir_source}), "
+        f"jaxcache: {session.settings.location} (from {session.settings.dir_source}), "
         f"{session.mode.value}"
     ]
     lines += [f"jaxcache: notice: {notice}" for notice in session.notices]

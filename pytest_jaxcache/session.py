@@ -67,6 +67,13 @@ class CacheSession:
             self.before = asdict(self.store.usage())
 
     def _open_store(self) -> Store | None:
+        if self.settings.remote_url is not None:
+            self.notices.append(
+                f"{self.settings.remote_url} is remote: JAX's own store serves it (needs "
+                "etils[epath] and gcsfs for gs://); no single flight, integrity checks or "
+                "eviction"
+            )
+            return None
         root = self.settings.cache_dir
         assert root is not None
         readonly = self.mode is Mode.READONLY
@@ -160,7 +167,7 @@ class CacheSession:
         misses = self.explain_misses() + [explain.Miss(**m) for m in worker_misses]
         installed = self._installed_facts()
         cache = {
-            "dir": str(self.settings.cache_dir),
+            "dir": self.settings.location,
             "source": str(self.settings.dir_source),
             "store": installed["store"] if self.store is not None else "none",
             "mode": self.mode.value,

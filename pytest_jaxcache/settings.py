@@ -103,6 +103,7 @@ class Settings:
 
     cache_dir: Path | None
     dir_source: Source
+    remote_url: str | None  # gs://, s3://...: left to JAX's own store
     min_compile_time_secs: float
     min_entry_size_bytes: int
     max_size_bytes: int | None
@@ -113,7 +114,11 @@ class Settings:
 
     @property
     def enabled(self) -> bool:
-        return self.cache_dir is not None
+        return self.cache_dir is not None or self.remote_url is not None
+
+    @property
+    def location(self) -> str:
+        return self.remote_url or str(self.cache_dir)
 
 
 def pick(option: Option, raw: Raw) -> tuple[str | None, Source]:
@@ -133,6 +138,7 @@ def expand_path(value: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+_REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 _UNITS = {
     "": 1,
@@ -201,7 +207,10 @@ def resolve(
 
     dir_value, dir_source = value(DIR)
     cache_dir: Path | None = None
-    if dir_value is not None and dir_value.strip():
+    remote_url: str | None = None
+    if dir_value is not None and _REMOTE.match(dir_value.strip()):
+        remote_url = dir_value.strip()
+    elif dir_value is not None and dir_value.strip():
         base = rootpath if dir_source.kind == "ini" else invocation_dir
         cache_dir = expand_path(dir_value.strip(), base)
         if cache_dir.exists() and not cache_dir.is_dir():
@@ -249,6 +258,7 @@ def resolve(
 
     return Settings(
         cache_dir=cache_dir,
+        remote_url=remote_url,
         dir_source=dir_source,
         min_compile_time_secs=min_compile_time,
         min_entry_size_bytes=min_entry_size,

@@ -5,6 +5,7 @@ sessions in subprocesses, real JAX on CPU."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -171,6 +172,29 @@ def test_uncached_session_does_not_blame_tests(pytester: pytest.Pytester, run_ja
     assert report["uncachable_tests"] == []
     assert report["cachable"]["uncachable"] == 0
     assert not any("not marked" in line for line in result.outlines)
+
+
+def test_remote_dir_without_etils_runs_uncached_with_a_notice(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """A ``gs://`` cache dir is left to JAX's own store, never turned into a local path;
+    without etils (not installed here) JAX could not use it, so the session runs
+    uncached with one notice saying so, green under ``-W error``, blaming no test."""
+    if importlib.util.find_spec("etils") is not None:
+        pytest.skip("etils is installed: JAX would really try the bucket")
+    pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
+    result, report = run_jax("--jax-cache-dir=gs://no-such-bucket/jaxcache", "-W", "error")
+    result.assert_outcomes(passed=N_SUITE)
+    assert report["cache"]["dir"] == "gs://no-such-bucket/jaxcache"
+    assert report["cache"]["store"] == "none"
+    notices = report["cache"]["notices"]
+    assert any("is remote: JAX's own store serves it" in notice for notice in notices)
+    assert any(
+        notice.endswith("etils[epath] is not installed: running uncached") for notice in notices
+    )
+    assert {c["outcome"] for c in report["compiles"]} == {"uncached"}
+    assert report["uncachable_tests"] == [] and report["cache_warnings"] == []
+    assert not (pytester.path / "gs:").exists()
 
 
 def test_readonly_mode_on_missing_dir_runs_uncached_with_a_notice(

@@ -312,3 +312,13 @@ def test_value_normalisation(tmp_path: Path) -> None:
     assert resolved.lock_timeout_secs == 0.0
     assert resolved.max_size_bytes is None
     assert resolve(tmp_path, {XLA_CACHES: (" ", None, None)}).xla_caches == "none"
+
+
+def test_remote_url_is_kept_as_a_url(tmp_path: Path) -> None:
+    """``gs://bucket/dir`` is not a relative path to expand into the invocation dir."""
+    raw = {settings.DIR: settings.Raw("gs://bucket/jaxcache", None, None)}
+    resolved = settings.resolve(raw, rootpath=tmp_path, invocation_dir=tmp_path)
+    assert resolved.enabled
+    assert resolved.cache_dir is None
+    assert resolved.remote_url == "gs://bucket/jaxcache"
+    assert resolved.location == "gs://bucket/jaxcache"
