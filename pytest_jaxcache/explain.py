@@ -55,10 +55,10 @@ def explain(
     store: Store, keys: Iterable[str], *, before: float, current: dict[str, str]
 ) -> list[Miss]:
     """One :class:`Miss` per key, in key order."""
-    keys = set(keys)
+    earlier_of = store.earlier_headers_of(set(keys), before)
     misses = []
-    for key in sorted(keys):
-        earlier = store.earlier_headers(key, before)
+    for key in sorted(earlier_of):
+        earlier = earlier_of[key]
         if not earlier:
             misses.append(Miss(key, NEW_PROGRAM))
             continue

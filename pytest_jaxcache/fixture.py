@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import pytest
 
 from pytest_jaxcache import explain, jaxhooks
-from pytest_jaxcache.recorder import HIT, UNCACHABLE, CompileRecord, Counts
+from pytest_jaxcache.recorder import HIT, UNCACHABLE, UNWRITTEN, CompileRecord, Counts
 from pytest_jaxcache.session import CacheSession
 
 T = TypeVar("T")
@@ -18,6 +18,8 @@ T = TypeVar("T")
 _WHY = {
     UNCACHABLE: "looked up but never written (host callbacks, e.g. jax.debug.print, "
     "io_callback, error checks?)",
+    UNWRITTEN: "not written: it compiled faster than --jax-cache-min-compile-time or is "
+    "smaller than --jax-cache-min-entry-size",
     explain.PROGRAM_CHANGED: "its key changed between two identical runs: something "
     "non-deterministic is traced into the program (a captured constant, a random value?)",
 }

@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import importlib.abc
 import importlib.util
+import inspect
 import logging
 import os
 import pathlib
@@ -72,38 +73,58 @@ def ensure_installed() -> None:
         raise JaxMissing("JAX is not installed (pip install jax)")
 
 
-class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class _AfterImport(importlib.abc.MetaPathFinder):
     """Runs a callback the moment ``import jax`` completes, before the importer's next
     line: the cache is configured before any program can compile, yet a process that
-    never imports JAX (an xdist controller, a suite without JAX) never pays for it."""
+    never imports JAX (an xdist controller, a suite without JAX) never pays for it.
+
+    It stays in place until JAX is really executed: ``importlib.util.find_spec("jax")``
+    (an availability check) only gets a spec, and finds the hook still armed later."""
 
     def __init__(self, callback: Callable[[], None]) -> None:
         self._callback = callback
-        self._loader: importlib.abc.Loader | None = None
+        self._local = threading.local()  # set while we ask the finders after us
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "jax" or self._loader is not None:
+        if fullname != "jax" or getattr(self._local, "searching", False):
             return None
-        self.remove()
-        spec = importlib.util.find_spec(fullname)  # the finders after us
-        if spec is None or spec.loader is None:
-            return spec
-        self._loader = spec.loader
-        spec.loader = self
+        self._local.searching = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._local.searching = False
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenConfigure(spec.loader, self)
         return spec
 
-    def create_module(self, spec: Any) -> Any:
-        assert self._loader is not None
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        assert self._loader is not None
-        self._loader.exec_module(module)
+    def executed(self) -> None:
+        self.remove()
         self._callback()
 
     def remove(self) -> None:
         with suppress(ValueError):
             sys.meta_path.remove(self)
+
+
+class _ThenConfigure(importlib.abc.Loader):
+    """JAX's own loader, and then the callback; JAX's module keeps its real loader."""
+
+    def __init__(self, loader: Any, hook: _AfterImport) -> None:
+        self._loader = loader
+        self._hook = hook
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__loader__ = self._loader  # resources and get_data keep working
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        self._hook.executed()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
 
 
 def when_jax_imported(callback: Callable[[], None]) -> Callable[[], None]:
@@ -179,12 +200,14 @@ class _CacheWarnings:
         self._real = real
         self._recorder = recorder
 
-    def warn(self, message: Any, category: Any = None, stacklevel: int = 1, *args: Any) -> None:
+    def warn(
+        self, message: Any, category: Any = None, stacklevel: int = 1, *args: Any, **kwargs: Any
+    ) -> None:
         text = str(message)
         if text.startswith(_CACHE_WARNINGS):
             self._recorder.note_cache_warning(text)
             return
-        self._real.warn(message, category, stacklevel + 1, *args)
+        self._real.warn(message, category, stacklevel + 1, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -234,6 +257,22 @@ def install(
     installation = Installation(
         store_kind=JAX_STORE, jax_version=version("jax"), jaxlib_version=version("jaxlib")
     )
+    try:
+        _install(jax, installation, settings, store, recorder, use_our_store)
+    except BaseException:
+        installation.uninstall()  # half a configuration is worse than none
+        raise
+    return installation
+
+
+def _install(
+    jax: ModuleType,
+    installation: Installation,
+    settings: Settings,
+    store: Store | None,
+    recorder: Recorder,
+    use_our_store: bool,
+) -> None:
     seam, why_not = _find_seam()
     ours = store is not None and use_our_store and seam is not None
     if store is not None and use_our_store and seam is None:
@@ -263,10 +302,13 @@ def install(
             _update_config(jax, installation, name, value)
 
     if seam is not None:
+        if location is not None:  # runs last on uninstall: JAX forgets our store
+            installation._undo.append(lambda: _reset_jax_cache(seam))
         if ours:
             assert store is not None
             installation.store_kind = OUR_STORE
             _install_store(installation, seam, store, recorder)
+        _wrap_compile(installation, seam, recorder, store if ours else None)
         _patch(
             installation,
             seam.compiler,
@@ -277,7 +319,6 @@ def install(
             _reset_jax_cache(seam)  # a cache initialised before us (unlikely) is dropped
 
     _register_listeners(jax, installation, recorder)
-    return installation
 
 
 def _update_config(jax: ModuleType, installation: Installation, name: str, value: Any) -> None:
@@ -312,16 +353,40 @@ def _install_store(
 
     _patch(installation, seam.compilation_cache, "get_file_cache", get_file_cache)
 
-    original_compile = seam.compiler.compile_or_get_cached
 
-    @functools.wraps(original_compile)
+def _wrap_compile(
+    installation: Installation, seam: _Seam, recorder: Recorder, store: Store | None
+) -> None:
+    """Around each compile: tell the recorder whether the program has host callbacks
+    (so that a program skipped by a threshold is not blamed on callbacks), time it for
+    the entry's header, and release the single-flight claims it left."""
+    original = seam.compiler.compile_or_get_cached
+    try:
+        names = list(inspect.signature(original).parameters)
+    except (TypeError, ValueError):
+        names = []
+    position = names.index("host_callbacks") if "host_callbacks" in names else None
+
+    def has_callbacks(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool | None:
+        if "host_callbacks" in kwargs:
+            return bool(kwargs["host_callbacks"])
+        if position is not None and position < len(args):
+            return bool(args[position])
+        return None
+
+    @functools.wraps(original)
     def compile_or_get_cached(*args: Any, **kwargs: Any) -> Any:
+        recorder.start_compile(has_callbacks(args, kwargs))
         _compile_state.started = time.perf_counter()
+        compiled = False
         try:
-            return original_compile(*args, **kwargs)
+            result = original(*args, **kwargs)
+            compiled = True
+            return result
         finally:
             _compile_state.started = None
-            store.release_claims()
+            if store is not None:
+                store.release_claims(compiled=compiled)
 
     _patch(installation, seam.compiler, "compile_or_get_cached", compile_or_get_cached)
 

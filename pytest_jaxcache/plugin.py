@@ -251,7 +251,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config.stash[REPORT] = data
     path = config.getoption("jax_cache_report")
     if path:
-        write_json(Path(config.invocation_params.dir, path), data)
+        target = Path(config.invocation_params.dir, path)
+        try:
+            write_json(target, data)
+        except OSError as error:  # the report is ours: its problem must not fail the run
+            data["cache"]["notices"].append(
+                f"could not write the JSON report to {target}: {error.strerror or error}"
+            )
     if _strict(config) and report.unmarked_uncachable(data):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

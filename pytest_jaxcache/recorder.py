@@ -5,7 +5,8 @@ JAX emits, for one compile: ``compile_requests_use_cache`` (a lookup), then eith
 ``backend_compile_duration`` with the program's name, which wraps the lookup, the
 compile and the write. Cache events carry no name, so they are kept per thread until
 that closing event. A lookup with neither hit nor write is an *uncachable* compile
-(host callbacks, or a threshold); a compile with no lookup ran with the cache off.
+when the program has host callbacks, and *unwritten* when a size or time threshold kept
+it out; a compile with no lookup ran with the cache off.
 
 Listeners run inside the user's compile: :meth:`Recorder.on_event` and
 :meth:`Recorder.on_duration` swallow every exception (and count it) rather than raise.
@@ -28,9 +29,9 @@ LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 
 HIT = "hit"
 MISS = "miss"  # cachable: compiled, then written (or the write was attempted)
-UNCACHABLE = "uncachable"  # looked up, compiled, never written
+UNCACHABLE = "uncachable"  # looked up, compiled, never written: host callbacks
+UNWRITTEN = "unwritten"  # looked up, compiled, not written: below a size/time threshold
 UNCACHED = "uncached"  # compiled with the persistent cache off
-OUTCOMES = (HIT, MISS, UNCACHABLE, UNCACHED)
 
 PHASES = ("setup", "call", "teardown")
 OUTSIDE_TESTS = "<outside tests>"  # conftest/module import, collection, session fixtures
@@ -45,6 +46,7 @@ class Counts:
     hits: int = 0
     misses: int = 0
     uncachable: int = 0
+    unwritten: int = 0
     uncached: int = 0
     compile_secs: float = 0.0  # backend time of compiles that did real work
     retrieval_secs: float = 0.0  # backend time of hits: read and deserialise
@@ -59,7 +61,7 @@ class Counts:
 
     @property
     def compiles(self) -> int:
-        return self.hits + self.misses + self.uncachable + self.uncached
+        return self.hits + self.misses + self.uncachable + self.unwritten + self.uncached
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Counts:
@@ -101,6 +103,7 @@ class _Pending:
     requested: bool = False
     hit: bool = False
     written: bool = False
+    host_callbacks: bool | None = None  # None: not known (JAX's compile not wrapped)
     key: str = ""
     stored_compile_secs: float | None = None
     trace_secs: float = 0.0
@@ -188,6 +191,10 @@ class Recorder:
         except Exception as error:
             self._listener_failed(error)
 
+    def start_compile(self, host_callbacks: bool | None) -> None:
+        """A compile begins in this thread: drop anything a failed one left behind."""
+        self._local.pending = _Pending(host_callbacks=host_callbacks)
+
     def note_lookup(self, key: str, stored_compile_secs: float | None) -> None:
         """Our store looked ``key`` up; on a hit, its program once took
         ``stored_compile_secs`` to compile (``None``: unknown, or a miss)."""
@@ -212,6 +219,8 @@ class Recorder:
             outcome = HIT
         elif pending.written:
             outcome = MISS
+        elif pending.host_callbacks is False:
+            outcome = UNWRITTEN
         else:
             outcome = UNCACHABLE
         with self._lock:
@@ -231,6 +240,8 @@ class Recorder:
                     counts.misses += 1
                 elif outcome == UNCACHABLE:
                     counts.uncachable += 1
+                elif outcome == UNWRITTEN:
+                    counts.unwritten += 1
                 else:
                     counts.uncached += 1
             self.compiles.append(

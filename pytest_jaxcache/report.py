@@ -15,14 +15,16 @@ removal or a change of meaning bumps it)::
     errors:   counts of tests marked ``jax_errors``
     store:    what the store did, summed over processes (hits, writes, repaired, ...)
     tests[]:  {nodeid, worker, markers[], phases{setup|call|teardown|collect: counts}}
-    compiles[]: {name, outcome: hit|miss|uncachable|uncached, secs, test, phase, worker}
+    compiles[]: {name, outcome: hit|miss|uncachable|unwritten|uncached, secs, test, phase,
+                 worker, key}  (key: the cache key, "" when our store did not see it)
     uncachable_tests[]: {nodeid, outside, marked, programs[]} (outside: import/collection)
     unneeded_markers[]: nodeids marked jax_errors whose programs were all cachable
     misses[]: {reason, count, examples[]}
-    workers:  {id: {store{...}, tests}}, lost_workers[]
+    workers:  {id: {store{...}, tests, misses[], installed{store, jax, jaxlib}}}
+    lost_workers[]
     cache_warnings[], listener_errors[]
 
-``counts`` is {requests, hits, misses, uncachable, uncached, compile_secs,
+``counts`` is {requests, hits, misses, uncachable, unwritten, uncached, compile_secs,
 retrieval_secs, saved_secs, saved_unknown, trace_secs, lower_secs}; times in seconds.
 """
 
@@ -40,8 +42,9 @@ ERRORS_MARKER = "jax_errors"
 
 
 def hit_rate(counts: Counts) -> float | None:
-    """Hits over cachable lookups (hits and misses); uncachable work is excluded."""
-    cachable = counts.hits + counts.misses
+    """Hits over cachable lookups: hits, misses and programs a threshold kept out.
+    Programs with host callbacks (uncachable) are excluded."""
+    cachable = counts.hits + counts.misses + counts.unwritten
     return None if cachable == 0 else counts.hits / cachable
 
 
@@ -167,8 +170,9 @@ def render(data: dict[str, Any], *, verbosity: int, durations: int) -> list[str]
     lines = [
         f"cache: {cache['dir']} (from {cache['source']}), {cache['store']}, {cache['mode']}",
         f"compiles: {totals['requests'] + totals['uncached']} programs: "
-        f"{totals['hits']} hits, {totals['misses']} misses (written), "
-        f"{totals['uncachable']} uncachable, {totals['uncached']} with the cache off",
+        f"{totals['hits']} hits, {totals['misses']} misses, "
+        f"{totals['uncachable']} uncachable, {totals['uncached']} with the cache off"
+        + _unwritten(totals),
         f"hit rate: {_rate(cachable['hit_rate'])} of cachable lookups"
         + _errors_line(data["errors"]),
         f"time: {_secs(totals['compile_secs'])} compiling, "
@@ -188,6 +192,12 @@ def render(data: dict[str, Any], *, verbosity: int, durations: int) -> list[str]
         lines += _worker_lines(data)
     lines += [f"notice: {problem}" for problem in _problems(data)]
     return lines
+
+
+def _unwritten(totals: dict[str, Any]) -> str:
+    if not totals["unwritten"]:
+        return ""
+    return f", {totals['unwritten']} not written (below the compile-time or size threshold)"
 
 
 def _saved(counts: dict[str, Any]) -> str:
@@ -245,7 +255,8 @@ def _slowest(data: dict[str, Any], durations: int, verbosity: int) -> list[str]:
     shown = rows if durations == 0 else rows[:durations]
     lines = [f"slowest compiling ({len(shown)} of {len(rows)} test phases):"]
     for busy, nodeid, phase, counts in shown:
-        compiled = counts["misses"] + counts["uncachable"] + counts["uncached"]
+        compiled = counts["misses"] + counts["uncachable"] + counts["unwritten"]
+        compiled += counts["uncached"]
         lines.append(
             f"  {_secs(busy):>8} {phase:<8} {nodeid}  "
             f"({compiled} compiled, {counts['hits']} from cache)"

@@ -30,7 +30,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -259,6 +259,8 @@ class Store:
         return held
 
     def _claim(self, key: str, name: str) -> Entry | None:
+        if key in self._held():
+            return None  # ours already: a second lookup in the same compile (PGLE)
         import filelock  # imported on the first miss: a warm run never needs it
 
         lock = filelock.FileLock(str(self.locks_dir / f"{name}.lock"), timeout=0)
@@ -289,17 +291,19 @@ class Store:
         self._held()[key] = lock
         return None
 
-    def release_claims(self) -> None:
-        """Release the locks this thread still holds: their programs were compiled but
-        not written (host callbacks, thresholds). Leave a marker so that other
-        processes compile such a key at once instead of waiting for an entry."""
+    def release_claims(self, *, compiled: bool = True) -> None:
+        """Release the locks this thread still holds: their programs were not written.
+        When the compile itself succeeded (host callbacks, thresholds), leave a marker so
+        that other processes compile such a key at once instead of waiting for an entry;
+        a compile that raised says nothing about the key."""
         held = self._held()
         while held:
             key, lock = held.popitem()
-            marker = self.locks_dir / f"{file_name(key)}.nocache"
-            with contextlib.suppress(OSError):
-                marker.touch()
-            lock.release()
+            if compiled:
+                with contextlib.suppress(OSError):
+                    (self.locks_dir / f"{file_name(key)}.nocache").touch()
+            with contextlib.suppress(Exception):  # runs inside the user's compile
+                lock.release()
 
     # -- writes ------------------------------------------------------------------------
 
@@ -321,6 +325,8 @@ class Store:
             self.stats.writes += 1
             self.stats.bytes_written += len(data)
             self.written.add(key)
+            with contextlib.suppress(OSError):  # the key is cachable after all
+                (self.locks_dir / f"{name}.nocache").unlink()
             return True
         finally:
             lock = self._held().pop(key, None)
@@ -371,23 +377,33 @@ class Store:
     def earlier_headers(self, key: str, before: float) -> list[tuple[str, Header]]:
         """Headers of entries for the same program name as ``key`` (JAX keys are
         ``<name>-<hash>``) that were written before ``before``, newest first."""
-        name = file_name(key)
-        prefix = name.rsplit("-", 1)[0] + "-"
-        found = []
+        return self.earlier_headers_of([key], before)[key]
+
+    def earlier_headers_of(
+        self, keys: Iterable[str], before: float
+    ) -> dict[str, list[tuple[str, Header]]]:
+        """:meth:`earlier_headers` for many keys in one pass over the directory (a
+        jaxlib upgrade misses every key: one scan each would be quadratic)."""
+        names = {key: file_name(key) for key in keys}
+        wanted: dict[str, list[tuple[str, Header]]] = {}
+        for name in names.values():
+            wanted.setdefault(name.rsplit("-", 1)[0], [])
         for path, _ in self._scan():
-            if path.name == name or not path.name.startswith(prefix):
+            program = path.name.rsplit("-", 1)[0]
+            if program not in wanted:
                 continue
-            if "-" in path.name[len(prefix) :]:
-                continue  # a longer program name that happens to share the prefix
             try:
                 with open(path, "rb") as handle:
                     header = decode_header(handle.read(_HEADER.size))
             except OSError:
                 continue
             if header is not None and header.written_at < before:
-                found.append((path.name, header))
-        found.sort(key=lambda item: item[1].written_at, reverse=True)
-        return found
+                wanted[program].append((path.name, header))
+        result = {}
+        for key, name in names.items():
+            found = [item for item in wanted[name.rsplit("-", 1)[0]] if item[0] != name]
+            result[key] = sorted(found, key=lambda item: item[1].written_at, reverse=True)
+        return result
 
     # -- session fingerprints -----------------------------------------------------------
 
@@ -543,7 +559,7 @@ class Store:
         return removed
 
     def clear(self) -> int:
-        """Remove every entry (for ``--jax-cache-clear``); returns how many."""
+        """Remove every entry (``python -m pytest_jaxcache clear``); returns how many."""
         removed = 0
         for path, _ in self._scan():
             removed += _unlink(path)

@@ -264,8 +264,9 @@ def test_no_jaxcache_removes_the_plugin(
 
 def test_min_compile_time_from_cli_and_ini(pytester: pytest.Pytester, run_jax: RunJax) -> None:
     """The compile-time threshold is read from ini and CLI (CLI wins): at 1000 s no
-    program qualifies, every lookup is uncachable and nothing is written; at 0 s
-    everything is written."""
+    program qualifies, every lookup is *unwritten* (not blamed on host callbacks: no
+    test is listed as uncachable, and ``--jax-cache-strict`` stays green) and nothing is
+    written; at 0 s everything is written."""
     write_files(
         pytester.path,
         {
@@ -274,11 +275,17 @@ def test_min_compile_time_from_cli_and_ini(pytester: pytest.Pytester, run_jax: R
         },
     )
     # ini: 1000 s.
-    result, report = run_jax("--jax-cache-dir=by_ini")
+    result, report = run_jax("--jax-cache-dir=by_ini", "--jax-cache-strict")
+    assert result.ret == 0
     result.assert_outcomes(passed=N_SUITE)
     assert report["store"]["writes"] == 0
-    assert report["cachable"]["uncachable"] > 0
-    assert report["cachable"]["uncachable"] == report["cachable"]["requests"]
+    assert report["cachable"]["unwritten"] > 0
+    assert report["cachable"]["unwritten"] == report["cachable"]["requests"]
+    assert report["cachable"]["uncachable"] == 0 and report["uncachable_tests"] == []
+    assert report["cachable"]["hit_rate"] == 0.0
+    assert any(
+        "not written (below the compile-time or size threshold)" in line for line in result.outlines
+    )
     assert entries(pytester.path / "by_ini") == []
 
     # CLI 0 beats ini 1000.
@@ -293,7 +300,7 @@ def test_min_compile_time_from_cli_and_ini(pytester: pytest.Pytester, run_jax: R
     result, report = run_jax("--jax-cache-dir=cli_big", "--jax-cache-min-compile-time=1000")
     result.assert_outcomes(passed=N_SUITE)
     assert report["store"]["writes"] == 0
-    assert report["cachable"]["uncachable"] > 0
+    assert report["cachable"]["unwritten"] > 0
     assert entries(pytester.path / "cli_big") == []
 
 
@@ -601,3 +608,47 @@ def test_json_report_schema_phases_markers_and_durations(
         if re.match(r"^\s+\d+\.\d\ds (setup|call|teardown)\s+test_report\.py::", line)
     ]
     assert len(rows) == 1, rows
+
+
+def test_availability_check_before_import_keeps_the_cache(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """``importlib.util.find_spec("jax")`` before ``import jax`` (a common availability
+    check in conftests) must not disarm the configuration, nor leave JAX without its
+    own loader (``pkgutil.get_data`` and ``importlib.resources`` keep working)."""
+    write_files(
+        pytester.path,
+        {
+            "conftest.py": """
+                import importlib.resources
+                import importlib.util
+                import pkgutil
+
+                HAS_JAX = importlib.util.find_spec("jax") is not None
+
+                import jax
+
+                assert HAS_JAX
+                assert pkgutil.get_data("jax", "version.py")
+                assert importlib.resources.files("jax").joinpath("version.py").is_file()
+            """,
+            "test_suite.py": SUITE,
+        },
+    )
+    result, report = run_jax("--jax-cache-dir=cache")
+    result.assert_outcomes(passed=N_SUITE)
+    assert report["cache"]["store"] == "pytest-jaxcache store"
+    assert report["store"]["writes"] > 0
+    assert len(entries(pytester.path / "cache")) == report["store"]["writes"]
+
+
+def test_unwritable_report_path_is_a_notice(pytester: pytest.Pytester) -> None:
+    """``--jax-cache-report`` pointing at a directory: the run stays green and says so."""
+    write_files(pytester.path, {"test_suite.py": SUITE})
+    result = pytester.runpytest_subprocess(
+        *UNRELATED_PLUGINS, "-p", "no:cacheprovider", "--jax-cache-dir=cache",
+        f"--jax-cache-report={pytester.path}",
+    )  # fmt: skip
+    assert result.ret == 0
+    result.assert_outcomes(passed=N_SUITE)
+    assert any("could not write the JSON report to" in line for line in result.outlines)

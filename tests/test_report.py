@@ -23,6 +23,7 @@ from pytest_jaxcache.recorder import (
     TRACE_EVENT,
     UNCACHABLE,
     UNCACHED,
+    UNWRITTEN,
     WRITE_EVENT,
     Counts,
     Recorder,
@@ -404,7 +405,7 @@ def test_render_default_sections() -> None:
     assert lines[0] == "cache: /work/.jaxcache (from ini jax_cache_dir), pytest-jaxcache, readwrite"
     compiles = line_with(lines, "compiles: ")
     assert f"{totals['requests'] + totals['uncached']} programs" in compiles
-    assert f"{totals['hits']} hits, {totals['misses']} misses (written)" in compiles
+    assert f"{totals['hits']} hits, {totals['misses']} misses" in compiles
     assert f"{totals['uncachable']} uncachable, {totals['uncached']} with the cache off" in compiles
     rate = line_with(lines, "hit rate: ")
     assert f"{100 * data['cachable']['hit_rate']:.1f}% of cachable lookups" in rate
@@ -587,3 +588,34 @@ def test_render_miss_reasons() -> None:
         "why programs missed" in line
         for line in report.render(build(Recorder()), verbosity=0, durations=10)
     )
+
+
+def test_unwritten_is_told_apart_from_host_callbacks() -> None:
+    """A looked-up program that was not written is *uncachable* only when it has host
+    callbacks; without any (a threshold kept it out) it is *unwritten*, counts against
+    the hit rate, and no test is blamed; a compile that raised leaves nothing behind."""
+    recorder = Recorder()
+    recorder.begin("t::thresholds", "call")
+    recorder.start_compile(host_callbacks=False)
+    recorder.on_event(REQUEST_EVENT)
+    recorder.on_duration(BACKEND_COMPILE_EVENT, 0.01, fun_name="jit(small)")
+    recorder.begin("t::callbacks", "call")
+    recorder.start_compile(host_callbacks=True)
+    recorder.on_event(REQUEST_EVENT)
+    recorder.on_duration(BACKEND_COMPILE_EVENT, 0.01, fun_name="jit(printing)")
+    recorder.start_compile(host_callbacks=False)
+    recorder.on_event(HIT_EVENT)  # a compile that raised before its closing event...
+    recorder.start_compile(host_callbacks=None)  # ...is forgotten by the next one
+    recorder.on_event(REQUEST_EVENT)
+    recorder.on_event(WRITE_EVENT)
+    recorder.on_duration(BACKEND_COMPILE_EVENT, 0.01, fun_name="jit(next)")
+    recorder.end()
+    assert [(c.name, c.outcome) for c in recorder.compiles] == [
+        ("jit(small)", UNWRITTEN),
+        ("jit(printing)", UNCACHABLE),
+        ("jit(next)", MISS),
+    ]
+    data = build(recorder)
+    assert data["totals"]["unwritten"] == 1 and data["totals"]["uncachable"] == 1
+    assert [t["nodeid"] for t in data["uncachable_tests"]] == ["t::callbacks"]
+    assert report.hit_rate(recorder.tests["t::thresholds"].total()) == 0.0

@@ -764,3 +764,35 @@ def test_has_temporaries_sees_a_killed_writers_leftover(tmp_path: Path) -> None:
     (store.tmp_dir / "jit_f-partial.123.abcd").write_bytes(b"half")
     assert store.has_temporaries()
     assert not Store(tmp_path / "never-created").has_temporaries()
+
+
+def test_second_lookup_of_a_claimed_key_in_the_same_thread_does_not_wait(
+    tmp_path: Path,
+) -> None:
+    """JAX can look one key up twice in one compile (PGLE): the thread already holds the
+    key's lock and must not wait on itself until the lock timeout."""
+    store = make_store(tmp_path / "cache", lock_timeout_secs=30)
+    key = "jit_pgle-" + "c" * 64
+    assert store.get(key) is None
+    assert store.get(key) is None
+    assert store.stats.lock_waits == 0 and store.stats.lock_timeouts == 0
+    store.put(key, b"payload")
+    assert lock_is_free(lock_path(store, key))
+
+
+def test_nocache_marker_only_for_compiles_that_succeeded_and_gone_once_written(
+    tmp_path: Path,
+) -> None:
+    """A compile that raised says nothing about its key (no marker); a marker left by a
+    compile that wrote nothing is removed when the key is written after all."""
+    store = make_store(tmp_path / "cache")
+    key = "jit_k-" + "d" * 64
+    marker = store.locks_dir / f"{file_name(key)}.nocache"
+    assert store.get(key) is None
+    store.release_claims(compiled=False)
+    assert not marker.exists()
+    assert store.get(key) is None
+    store.release_claims(compiled=True)
+    assert marker.exists()
+    store.put(key, b"payload")
+    assert not marker.exists()
