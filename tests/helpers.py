@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +69,23 @@ def pytest_command(*args: str) -> list[str]:
     ]  # fmt: skip
 
 
-def cold_session(root: Path, files: dict[str, str], *args: str) -> dict[str, Any]:
-    """Write ``files`` into ``root``, run one session there with a cache at
-    ``root/cache`` and return its JSON report (the session must pass)."""
+@dataclass(frozen=True)
+class ColdCache:
+    """A cache filled by one cold session, and that session's JSON report."""
+
+    cache: Path
+    report: dict[str, Any]
+
+    def copy_to(self, base: Path, files: dict[str, str]) -> Path:
+        """Write ``files`` and a copy of the cache (at ``base/cache``) into ``base``."""
+        write_files(base, files)
+        shutil.copytree(self.cache, base / "cache")
+        return base / "cache"
+
+
+def cold_session(root: Path, files: dict[str, str], *args: str) -> ColdCache:
+    """Write ``files`` into ``root`` and run one session there with a cache at
+    ``root/cache`` (the session must pass)."""
     write_files(root, files)
     report = root / "report.json"
     proc = subprocess.run(
@@ -81,8 +97,7 @@ def cold_session(root: Path, files: dict[str, str], *args: str) -> dict[str, Any
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    data: dict[str, Any] = json.loads(report.read_text())
-    return data
+    return ColdCache(root / "cache", json.loads(report.read_text()))
 
 
 def assert_all_hits(report: dict[str, Any]) -> None:

@@ -18,12 +18,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import (
+    ColdCache,
     assert_all_hits,
     child_env,
     cold_session,
@@ -145,28 +145,18 @@ def fill_disk(path: Path) -> None:
             assert error.errno == errno.ENOSPC, error
 
 
-@dataclass(frozen=True)
-class ColdCache:
-    cache: Path
-    report: dict[str, Any]
-
-
 @pytest.fixture(scope="module")
 def cold_cache(tmp_path_factory: pytest.TempPathFactory) -> ColdCache:
     """One cold ``-n 2`` session of SUITE; tests copy its cache."""
-    root = tmp_path_factory.mktemp("cold-faults")
-    data = cold_session(root, SUITE, "-n", "2")
-    assert data["store"]["writes"] == SUITE_SIZE  # one entry per test, as designed
-    return ColdCache(root / "cache", data)
+    cold = cold_session(tmp_path_factory.mktemp("cold-faults"), SUITE, "-n", "2")
+    assert cold.report["store"]["writes"] == SUITE_SIZE  # one entry per test, as designed
+    return cold
 
 
 @pytest.fixture
 def warm_cache(pytester: pytest.Pytester, cold_cache: ColdCache) -> Path:
     """pytester.path holds SUITE and a copy of the cold cache (at ``cache``)."""
-    write_files(pytester.path, SUITE)
-    target = pytester.path / "cache"
-    shutil.copytree(cold_cache.cache, target)
-    return target
+    return cold_cache.copy_to(pytester.path, SUITE)
 
 
 @pytest.fixture

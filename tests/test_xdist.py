@@ -9,14 +9,12 @@ warm session only.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import RunJax, assert_all_hits, cold_session, write_files
+from helpers import ColdCache, RunJax, assert_all_hits, cold_session, write_files
 
 pytestmark = pytest.mark.slow
 
@@ -150,26 +148,16 @@ def assert_clean_output(output: str) -> None:
     assert "jax compilation cache" in output
 
 
-@dataclass(frozen=True)
-class ColdCache:
-    cache: Path
-    report: dict[str, Any]
-
-
 @pytest.fixture(scope="module")
 def cold_cache(tmp_path_factory: pytest.TempPathFactory) -> ColdCache:
     """One cold ``-n 2`` session of SUITE; warm tests copy its cache."""
-    root = tmp_path_factory.mktemp("cold-xdist")
-    return ColdCache(root / "cache", cold_session(root, SUITE, "-n", "2"))
+    return cold_session(tmp_path_factory.mktemp("cold-xdist"), SUITE, "-n", "2")
 
 
 @pytest.fixture
 def warm_dir(pytester: pytest.Pytester, cold_cache: ColdCache) -> Path:
     """pytester.path holds SUITE and a copy of the cold cache (at ``cache``)."""
-    write_files(pytester.path, SUITE)
-    target = pytester.path / "cache"
-    shutil.copytree(cold_cache.cache, target)
-    return target
+    return cold_cache.copy_to(pytester.path, SUITE)
 
 
 # -- the report merges every worker --------------------------------------------------------
