@@ -55,7 +55,10 @@ def explain(
     store: Store, keys: Iterable[str], *, before: float, current: dict[str, str]
 ) -> list[Miss]:
     """One :class:`Miss` per key, in key order."""
-    earlier_of = store.earlier_headers_of(set(keys), before)
+    keys = set(keys)
+    if not keys:  # a warm run: no directory scan
+        return []
+    earlier_of = store.earlier_headers_of(keys, before)
     misses = []
     for key in sorted(earlier_of):
         earlier = earlier_of[key]

@@ -148,7 +148,8 @@ class CacheSession:
         over_cap = cap is not None and (self.before is None or self.before["bytes"] > cap)
         leftovers = self.store.has_temporaries()  # a writer was killed mid-write
         if not (writes or leftovers or over_cap or self.settings.prune_after_sessions):
-            self.after = asdict(self.store.usage())
+            # This session changed nothing: the start's figures stand (no second scan).
+            self.after = self.before if self.before is not None else asdict(self.store.usage())
             return
         result = self.store.maintain(
             max_size_bytes=self.settings.max_size_bytes,
