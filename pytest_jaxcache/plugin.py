@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 SESSION = pytest.StashKey["CacheSession"]()
 REPORT = pytest.StashKey[dict[str, Any]]()
 ITEM_MARKERS = pytest.StashKey[tuple[str, ...]]()
+BYPASS = pytest.StashKey[contextlib.ExitStack]()  # open while a jax_no_cache test runs
 
 MARKERS = {
     "jax_errors": "the test switches on runtime error checks that use host callbacks "
@@ -188,50 +189,55 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return lines
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+# Plain hooks, not wrappers: they run for every test, and pluggy calls a plain hook for a
+# fraction of a wrapper's cost. Each phase's hook sets where compiles are attributed
+# until the next one; pytest_runtest_logfinish closes the test.
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
     session = item.config.stash.get(SESSION, None)
     if session is None:
-        return (yield)
+        return
     markers = tuple(name for name in MARKERS if item.get_closest_marker(name) is not None)
     item.stash[ITEM_MARKERS] = markers
-    if "jax_no_cache" not in markers:
-        return (yield)
-    from pytest_jaxcache import jaxhooks
+    if "jax_no_cache" in markers:
+        from pytest_jaxcache import jaxhooks
 
-    session.recorder.set_bypassed(True)
-    try:
-        with jaxhooks.persistent_cache_disabled():
-            return (yield)
-    finally:
-        session.recorder.set_bypassed(False)
+        bypass = item.config.stash[BYPASS] = contextlib.ExitStack()
+        bypass.enter_context(jaxhooks.persistent_cache_disabled())
+        session.recorder.set_bypassed(True)
+    session.recorder.begin(item.nodeid, "setup", markers)
 
 
-def _phase(item: pytest.Item, phase: str) -> Generator[None, None, None]:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    session = item.config.stash.get(SESSION, None)
+    if session is not None:
+        session.recorder.begin(item.nodeid, "call", item.stash.get(ITEM_MARKERS, ()))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    session = item.config.stash.get(SESSION, None)
+    if session is not None:
+        session.recorder.begin(item.nodeid, "teardown", item.stash.get(ITEM_MARKERS, ()))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """After teardown, whatever failed: stop attributing to the test, end a bypass."""
+    if call.when != "teardown":
+        return
     session = item.config.stash.get(SESSION, None)
     if session is None:
-        yield
         return
-    session.recorder.begin(item.nodeid, phase, item.stash.get(ITEM_MARKERS, ()))
-    try:
-        yield
-    finally:
-        session.recorder.end()
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    yield from _phase(item, "setup")
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    yield from _phase(item, "call")
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    yield from _phase(item, "teardown")
+    session.recorder.end()
+    bypass = item.config.stash.get(BYPASS, None)
+    if bypass is not None:
+        del item.config.stash[BYPASS]
+        session.recorder.set_bypassed(False)
+        bypass.close()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
