@@ -147,8 +147,7 @@ def keep_jax_cache_off(variable: str) -> None:
 
 
 def _import_jax() -> ModuleType:
-    if importlib.util.find_spec("jax") is None:
-        raise JaxMissing("JAX is not installed (pip install jax)")
+    ensure_installed()
     try:
         return importlib.import_module("jax")
     except Exception as error:  # a broken install: say so once, plainly

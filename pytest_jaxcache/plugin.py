@@ -13,7 +13,7 @@ from pytest_jaxcache import errors, hookspecs, settings
 
 if TYPE_CHECKING:
     from pytest_jaxcache.fixture import JaxCache
-    from pytest_jaxcache.session import CacheSession
+    from pytest_jaxcache.session import CacheSession  # noqa: F401 (named in SESSION)
 
 # The rest of the package (JAX, filelock) is imported only when a cache is asked for:
 # an installed plugin costs a run that does not use it next to nothing.
@@ -253,7 +253,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from pytest_jaxcache.session import write_json
 
     state.finish()
-    data = state.build_report(_worker_misses(state))
+    data = state.build_report()
     config.stash[REPORT] = data
     path = config.getoption("jax_cache_report")
     if path:
@@ -271,13 +271,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def _strict(config: pytest.Config) -> bool:
     option = config.getoption("jax_cache_strict")
     return bool(config.getini("jax_cache_strict") if option is None else option)
-
-
-def _worker_misses(state: CacheSession) -> list[dict[str, str]]:
-    misses: list[dict[str, str]] = []
-    for info in state.recorder.workers.values():
-        misses.extend(info.get("misses", []))
-    return misses
 
 
 def pytest_terminal_summary(

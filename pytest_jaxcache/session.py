@@ -141,9 +141,7 @@ class CacheSession:
         already, or a killed writer left a temporary file. A warm run skips it."""
         if self.store is None:
             return
-        writes = self.store.stats.writes + sum(
-            int(info.get("store", {}).get("writes", 0)) for info in self.recorder.workers.values()
-        )
+        writes = self.total_stats().writes
         cap = self.settings.max_size_bytes
         over_cap = cap is not None and (self.before is None or self.before["bytes"] > cap)
         leftovers = self.store.has_temporaries()  # a writer was killed mid-write
@@ -159,13 +157,20 @@ class CacheSession:
         self.maintenance = result.as_dict()
         self.after = asdict(self.store.usage())
 
-    def build_report(self, worker_misses: list[dict[str, Any]]) -> dict[str, Any]:
+    def total_stats(self) -> StoreStats:
+        """What the store did in this session: this process and every worker."""
         stats = StoreStats()
         if self.store is not None:
             _add_stats(stats, self.store.stats.as_dict())
         for info in self.recorder.workers.values():
             _add_stats(stats, info.get("store", {}))
-        misses = self.explain_misses() + [explain.Miss(**m) for m in worker_misses]
+        return stats
+
+    def build_report(self) -> dict[str, Any]:
+        stats = self.total_stats()
+        misses = self.explain_misses()
+        for info in self.recorder.workers.values():
+            misses += [explain.Miss(**miss) for miss in info.get("misses", [])]
         installed = self._installed_facts()
         cache = {
             "dir": self.settings.location,

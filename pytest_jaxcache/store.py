@@ -374,16 +374,13 @@ class Store:
     def entry_names(self) -> list[str]:
         return sorted(path.name for path, _ in self._scan())
 
-    def earlier_headers(self, key: str, before: float) -> list[tuple[str, Header]]:
-        """Headers of entries for the same program name as ``key`` (JAX keys are
-        ``<name>-<hash>``) that were written before ``before``, newest first."""
-        return self.earlier_headers_of([key], before)[key]
-
     def earlier_headers_of(
         self, keys: Iterable[str], before: float
     ) -> dict[str, list[tuple[str, Header]]]:
-        """:meth:`earlier_headers` for many keys in one pass over the directory (a
-        jaxlib upgrade misses every key: one scan each would be quadratic)."""
+        """For each key, the headers of entries for the same program name (JAX keys are
+        ``<name>-<hash>``) written before ``before``, newest first. One pass over the
+        directory for all keys (a jaxlib upgrade misses every key: one scan each would
+        be quadratic)."""
         names = {key: file_name(key) for key in keys}
         wanted: dict[str, list[tuple[str, Header]]] = {}
         for name in names.values():

@@ -714,10 +714,11 @@ def test_earlier_headers(tmp_path: Path) -> None:
     _write_entry(store, f"jit_f-extra-{HASH_B}", b"longer__", 150.0)
     entry_path(store, f"jit_f-{'e' * 64}").write_bytes(b"garbage")
 
-    found = store.earlier_headers(KEY, before=500.0)
+    found = store.earlier_headers_of([KEY], before=500.0)[KEY]
     assert [name for name, _ in found] == [f"jit_f-{HASH_C}", f"jit_f-{HASH_B}"]
     assert [header.fingerprint for _, header in found] == [b"newer___", b"old_____"]
-    assert store.earlier_headers(f"jit_nothing-{HASH_A}", before=500.0) == []
+    nothing = f"jit_nothing-{HASH_A}"
+    assert store.earlier_headers_of([nothing], before=500.0) == {nothing: []}
 
 
 def test_fingerprint_save_and_load(tmp_path: Path) -> None:
