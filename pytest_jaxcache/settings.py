@@ -1,9 +1,12 @@
-"""Resolve the plugin's options: command line > ini file > environment > default.
+"""THE option table, and its resolution: command line > ini file > environment > default.
 
-Every value is validated here, and bad input becomes a :class:`SettingsError` that
-names where the value came from, so the user knows which line to fix. Nothing in
-this module touches pytest or JAX: :mod:`pytest_jaxcache.plugin` collects the raw
-values and turns a :class:`SettingsError` into a ``pytest.UsageError``.
+Every option is declared once, in :data:`OPTIONS`: its command-line name, ini key,
+environment variable (where it has one), help text, parser and default. The plugin
+registers the table with pytest, the ``jaxcache`` command line reuses its parsers, and
+:func:`resolve` turns what the three sources say into one :class:`Settings`.
+
+Bad input becomes a :class:`SettingsError` that names where the value came from, so the
+user knows which line to fix. Nothing here touches pytest or JAX.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import enum
 import math
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class SettingsError(ValueError):
@@ -24,6 +30,11 @@ class SettingsError(ValueError):
 class Mode(enum.Enum):
     READWRITE = "readwrite"
     READONLY = "readonly"
+
+
+class StoreKind(enum.Enum):
+    OURS = "pytest-jaxcache"
+    JAX = "jax"
 
 
 @dataclass(frozen=True)
@@ -36,131 +47,63 @@ class Source:
     def __str__(self) -> str:
         if self.kind == "cli":
             return self.name
-        if self.kind == "ini":
-            return f"ini {self.name}"
-        if self.kind == "env":
-            return f"env {self.name}"
+        if self.kind in ("ini", "env"):
+            return f"{self.kind} {self.name}"
         return "default"
+
+
+DEFAULT = Source("default", "")
+
+# A parser turns one source's text into a value, or raises ValueError with a message
+# that does not repeat the source (resolve adds it). ``base`` is the directory that
+# relative paths are taken from: the rootdir for ini values, else the invocation dir.
+Parser = Callable[[str, Path], T]
+
+
+@dataclass(frozen=True)
+class Option(Generic[T]):
+    """One setting: its names in each source, how to read it, its default."""
+
+    attr: str  # the Settings field
+    parse: Parser[T]
+    default: T
+    help: str = ""
+    cli: str | None = None
+    ini: str | None = None
+    env: str | None = None
+    flag: bool = False  # on the command line it takes no value
+    metavar: str | None = None
+    # JAX reads ``env`` itself when it is imported: how to write a value so JAX accepts it.
+    jax_spelling: Callable[[T], str] | None = None
 
 
 @dataclass(frozen=True)
 class Raw:
     """One setting as the three sources give it (``None``: that source is silent)."""
 
-    cli: str | None
-    ini: str | None
-    env: str | None
-
-
-@dataclass(frozen=True)
-class Option:
-    """The names a setting has in each source."""
-
-    cli: str
-    ini: str
+    cli: str | None = None
+    ini: str | None = None
     env: str | None = None
 
 
-DIR = Option("--jax-cache-dir", "jax_cache_dir", "JAX_COMPILATION_CACHE_DIR")
-MIN_COMPILE_TIME = Option(
-    "--jax-cache-min-compile-time",
-    "jax_cache_min_compile_time",
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-)
-MIN_ENTRY_SIZE = Option(
-    "--jax-cache-min-entry-size",
-    "jax_cache_min_entry_size",
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
-)
-MAX_SIZE = Option("--jax-cache-max-size", "jax_cache_max_size", "JAX_COMPILATION_CACHE_MAX_SIZE")
-PRUNE_AFTER = Option("--jax-cache-prune-after", "jax_cache_prune_after")
-MODE = Option("--jax-cache-mode", "jax_cache_mode")
-XLA_CACHES = Option(
-    "--jax-cache-xla-caches",
-    "jax_cache_xla_caches",
-    "JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES",
-)
-LOCK_TIMEOUT = Option("--jax-cache-lock-timeout", "jax_cache_lock_timeout")
-
-ALL_OPTIONS = (
-    DIR,
-    MIN_COMPILE_TIME,
-    MIN_ENTRY_SIZE,
-    MAX_SIZE,
-    PRUNE_AFTER,
-    MODE,
-    XLA_CACHES,
-    LOCK_TIMEOUT,
-)
-
-DEFAULT_MAX_SIZE = "1GiB"
-DEFAULT_LOCK_TIMEOUT = 120.0
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The resolved configuration of one pytest session."""
-
-    cache_dir: Path | None
-    dir_source: Source
-    remote_url: str | None  # gs://, s3://...: left to JAX's own store
-    min_compile_time_secs: float
-    min_entry_size_bytes: int
-    max_size_bytes: int | None
-    prune_after_sessions: int | None
-    mode: Mode
-    xla_caches: str
-    lock_timeout_secs: float
-
-    @property
-    def enabled(self) -> bool:
-        return self.cache_dir is not None or self.remote_url is not None
-
-    @property
-    def location(self) -> str:
-        return self.remote_url or str(self.cache_dir)
-
-
-def pick(option: Option, raw: Raw) -> tuple[str | None, Source]:
-    """Return the highest-priority value that a source gives, and that source."""
-    if raw.cli is not None:
-        return raw.cli, Source("cli", option.cli)
-    if raw.ini is not None:
-        return raw.ini, Source("ini", option.ini)
-    if raw.env is not None and option.env is not None:
-        return raw.env, Source("env", option.env)
-    return None, Source("default", "")
-
-
-def expand_path(value: str, base: Path) -> Path:
-    """``~`` and ``$VARS`` expanded, relative paths taken from ``base``."""
-    path = Path(os.path.expandvars(os.path.expanduser(value)))
-    return path if path.is_absolute() else base / path
-
+# -- parsers ----------------------------------------------------------------------------------
 
 _REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 _UNITS = {
     "": 1,
     "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "kib": 2**10,
-    "ki": 2**10,
-    "m": 10**6,
-    "mb": 10**6,
-    "mib": 2**20,
-    "mi": 2**20,
-    "g": 10**9,
-    "gb": 10**9,
-    "gib": 2**30,
-    "gi": 2**30,
-    "t": 10**12,
-    "tb": 10**12,
-    "tib": 2**40,
-    "ti": 2**40,
+    **{p: 10 ** (3 * n) for n, p in enumerate("kmgt", start=1)},
+    **{p + "b": 10 ** (3 * n) for n, p in enumerate("kmgt", start=1)},
+    **{p + "i": 2 ** (10 * n) for n, p in enumerate("kmgt", start=1)},
+    **{p + "ib": 2 ** (10 * n) for n, p in enumerate("kmgt", start=1)},
 }
 _NO_LIMIT = {"none", "unlimited", "-1"}
+_NEVER = {"never", "none"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+# jax_persistent_cache_enable_xla_caches: "all", "none", or a comma-separated list.
+XLA_CACHE_NAMES = ("xla_gpu_kernel_cache_file", "xla_gpu_per_fusion_autotune_cache_dir")
 
 
 def parse_size(value: str) -> int | None:
@@ -176,95 +119,271 @@ def parse_size(value: str) -> int | None:
 def format_size(num_bytes: int) -> str:
     """A short human size, binary units: ``1536`` -> ``"1.5 KiB"``."""
     size = float(num_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB"):
+        if abs(size) < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
-    raise AssertionError("unreachable")
+    return f"{size:.1f} GiB"
 
 
-def _number(value: str, source: Source, *, integer: bool, minimum: float) -> float:
+def _number(text: str, *, integer: bool, minimum: float) -> float:
     try:
-        number = int(value) if integer else float(value)
+        number = int(text) if integer else float(text)
     except ValueError:
         kind = "an integer" if integer else "a number"
-        raise SettingsError(f"{source}: expected {kind}, got {value!r}") from None
+        raise ValueError(f"expected {kind}, got {text!r}") from None
     if not math.isfinite(number) or number < minimum:
-        raise SettingsError(f"{source}: must be at least {minimum:g}, got {value!r}")
+        raise ValueError(f"must be at least {minimum:g}, got {text!r}")
     return number
 
 
-def resolve(
-    raw: Mapping[Option, Raw],
-    *,
-    rootpath: Path,
-    invocation_dir: Path,
-) -> Settings:
-    """Resolve every option; raise :class:`SettingsError` on the first bad value."""
+def parse_seconds(text: str, _base: Path | None = None) -> float:
+    return _number(text.strip(), integer=False, minimum=0)
 
-    def value(option: Option) -> tuple[str | None, Source]:
-        return pick(option, raw.get(option, Raw(None, None, None)))
 
-    dir_value, dir_source = value(DIR)
-    cache_dir: Path | None = None
-    remote_url: str | None = None
-    if dir_value is not None and _REMOTE.match(dir_value.strip()):
-        remote_url = dir_value.strip()
-    elif dir_value is not None and dir_value.strip():
-        base = rootpath if dir_source.kind == "ini" else invocation_dir
-        cache_dir = expand_path(dir_value.strip(), base)
-        if cache_dir.exists() and not cache_dir.is_dir():
-            raise SettingsError(f"{dir_source}: {str(cache_dir)!r} exists and is not a directory")
+def parse_min_entry_size(text: str, _base: Path | None = None) -> int:
+    return int(_number(text.strip(), integer=True, minimum=-1))
 
-    text, source = value(MIN_COMPILE_TIME)
-    min_compile_time = 0.0
-    if text is not None:
-        min_compile_time = _number(text, source, integer=False, minimum=0)
 
-    text, source = value(MIN_ENTRY_SIZE)
-    min_entry_size = -1
-    if text is not None:
-        min_entry_size = int(_number(text, source, integer=True, minimum=-1))
+def parse_max_size(text: str, _base: Path | None = None) -> int | None:
+    size = parse_size(text)
+    if size is not None and size <= 0:
+        raise ValueError(f"the size cap must be positive (or 'none'), got {text!r}")
+    return size
 
-    text, source = value(MAX_SIZE)
+
+def parse_prune_after(text: str, _base: Path | None = None) -> int | None:
+    """Sessions without use before an entry is pruned; ``never`` (or empty) is off."""
+    if text.strip().lower() in _NEVER | {""}:
+        return None
+    return int(_number(text.strip(), integer=True, minimum=1))
+
+
+def parse_durations(text: str, _base: Path | None = None) -> int:
+    return int(_number(text.strip(), integer=True, minimum=-1))
+
+
+def parse_bool(text: str, _base: Path | None = None) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _choice(enum_type: type[enum.Enum]) -> Parser[Any]:
+    def parse(text: str, _base: Path) -> Any:
+        try:
+            return enum_type(text.strip().lower())
+        except ValueError:
+            choices = ", ".join(str(member.value) for member in enum_type)
+            raise ValueError(f"expected one of {choices}, got {text!r}") from None
+
+    return parse
+
+
+def parse_xla_caches(text: str, _base: Path | None = None) -> str:
+    value = text.strip() or "none"
+    if value in ("all", "none"):
+        return value
+    names = [name.strip() for name in value.split(",")]
+    unknown = [name for name in names if name not in XLA_CACHE_NAMES]
+    if unknown:
+        choices = ", ".join(("all", "none", *XLA_CACHE_NAMES))
+        raise ValueError(f"expected {choices} (or a comma-separated list), got {text!r}")
+    return ",".join(names)
+
+
+def expand_path(value: str, base: Path) -> Path:
+    """``~`` and ``$VARS`` expanded, relative paths taken from ``base``."""
+    path = Path(os.path.expandvars(os.path.expanduser(value)))
+    return path if path.is_absolute() else base / path
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where the cache lives: a local directory, a URL, or nowhere (off)."""
+
+    path: Path | None = None
+    url: str | None = None
+
+
+def parse_location(text: str, base: Path) -> Location:
+    value = text.strip()
+    if not value:
+        return Location()
+    if _REMOTE.match(value):
+        return Location(url=value)
+    path = expand_path(value, base)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{str(path)!r} exists and is not a directory")
+    return Location(path=path)
+
+
+def parse_path(text: str, base: Path) -> Path | None:
+    value = text.strip()
+    return expand_path(value, base) if value else None
+
+
+# -- the table --------------------------------------------------------------------------------
+
+DEFAULT_MAX_SIZE = 2**30
+DEFAULT_LOCK_TIMEOUT = 120.0
+DEFAULT_DURATIONS = 10
+
+# fmt: off
+# One declaration per option: attribute, parser, default; its names on the command line,
+# in the ini file and in the environment; help. Ordered as ``--help`` lists them.
+DIR = Option[Location]("location", parse_location, Location(),
+    cli="--jax-cache-dir", ini="jax_cache_dir", env="JAX_COMPILATION_CACHE_DIR", metavar="PATH",
+    help="directory of the shared JAX compilation cache; empty disables")
+MIN_COMPILE_TIME = Option[float]("min_compile_time_secs", parse_seconds, 0.0,
+    cli="--jax-cache-min-compile-time", ini="jax_cache_min_compile_time",
+    env="JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", metavar="SECS",
+    help="write programs that compiled in at least this many seconds (default 0: every program)")
+MIN_ENTRY_SIZE = Option[int]("min_entry_size_bytes", parse_min_entry_size, -1,
+    cli="--jax-cache-min-entry-size", ini="jax_cache_min_entry_size", metavar="BYTES",
+    env="JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+    help="write entries of at least this many bytes (default -1: no minimum)")
+MAX_SIZE = Option[int | None]("max_size_bytes", parse_max_size, DEFAULT_MAX_SIZE,
+    cli="--jax-cache-max-size", ini="jax_cache_max_size", env="JAX_COMPILATION_CACHE_MAX_SIZE",
+    metavar="SIZE", jax_spelling=lambda size: str(-1 if size is None else size),
+    help="size cap, enforced at session end by evicting least recently used entries: "
+    "500MB, 2GiB, none (default 1GiB)")
+PRUNE_AFTER = Option[int | None]("prune_after_sessions", parse_prune_after, None, metavar="N",
+    cli="--jax-cache-prune-after", ini="jax_cache_prune_after",
+    help="remove entries no session used in the last N sessions (default: never)")
+MODE = Option[Mode]("mode", _choice(Mode), Mode.READWRITE,
+    cli="--jax-cache-mode", ini="jax_cache_mode",
+    help="readwrite (default) or readonly: serve hits, never write, evict or touch")
+XLA_CACHES = Option[str]("xla_caches", parse_xla_caches, "none", metavar="VALUE",
+    cli="--jax-cache-xla-caches", ini="jax_cache_xla_caches",
+    env="JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES",
+    help="jax_persistent_cache_enable_xla_caches (default none: keys do not depend on the "
+    "cache path; 'all' turns the GPU autotune and kernel caches on)")
+LOCK_TIMEOUT = Option[float]("lock_timeout_secs", parse_seconds, DEFAULT_LOCK_TIMEOUT,
+    cli="--jax-cache-lock-timeout", ini="jax_cache_lock_timeout", metavar="SECS",
+    help="longest wait for another process compiling the same program "
+    f"(default {DEFAULT_LOCK_TIMEOUT:g})")
+STRICT = Option[bool]("strict", parse_bool, False, flag=True,
+    cli="--jax-cache-strict", ini="jax_cache_strict",
+    help="fail the session when a test not marked jax_errors compiled uncachable programs")
+STORE = Option[StoreKind]("store", _choice(StoreKind), StoreKind.OURS,
+    cli="--jax-cache-store", ini="jax_cache_store",
+    help="pytest-jaxcache: our atomic, locked, bounded store (default); jax: JAX's own "
+    "file store (for comparisons)")
+DURATIONS = Option[int]("durations", parse_durations, DEFAULT_DURATIONS, metavar="N",
+    cli="--jax-cache-durations", ini="jax_cache_durations",
+    help=f"show the N slowest-compiling test phases (0: all, -1: none; default "
+    f"{DEFAULT_DURATIONS})")
+REPORT = Option[Path | None]("report_path", parse_path, None, metavar="PATH",
+    cli="--jax-cache-report", ini="jax_cache_report",
+    help="write the session's compile report as JSON to PATH")
+# fmt: on
+
+OPTIONS: tuple[Option[Any], ...] = (
+    DIR,
+    MIN_COMPILE_TIME,
+    MIN_ENTRY_SIZE,
+    MAX_SIZE,
+    PRUNE_AFTER,
+    MODE,
+    XLA_CACHES,
+    LOCK_TIMEOUT,
+    STRICT,
+    STORE,
+    DURATIONS,
+    REPORT,
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration of one pytest session."""
+
+    location: Location = DIR.default
+    min_compile_time_secs: float = MIN_COMPILE_TIME.default
+    min_entry_size_bytes: int = MIN_ENTRY_SIZE.default
+    max_size_bytes: int | None = MAX_SIZE.default
+    prune_after_sessions: int | None = PRUNE_AFTER.default
+    mode: Mode = MODE.default
+    xla_caches: str = XLA_CACHES.default
+    lock_timeout_secs: float = LOCK_TIMEOUT.default
+    strict: bool = STRICT.default
+    store: StoreKind = STORE.default
+    durations: int = DURATIONS.default
+    report_path: Path | None = REPORT.default
+    sources: Mapping[str, Source] = field(default_factory=dict)
+
+    def source(self, option: Option[Any]) -> Source:
+        return self.sources.get(option.attr, DEFAULT)
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.location.path
+
+    @property
+    def remote_url(self) -> str | None:
+        return self.location.url
+
+    @property
+    def enabled(self) -> bool:
+        return self.cache_dir is not None or self.remote_url is not None
+
+    @property
+    def dir_source(self) -> Source:
+        return self.source(DIR)
+
+    @property
+    def where(self) -> str:
+        """The cache location as the report header shows it."""
+        return self.remote_url or str(self.cache_dir)
+
+
+def pick(option: Option[Any], raw: Raw) -> tuple[str | None, Source]:
+    """The highest-priority value that a source gives, and that source."""
+    if raw.cli is not None and option.cli is not None:
+        return raw.cli, Source("cli", option.cli)
+    if raw.ini is not None and option.ini is not None:
+        return raw.ini, Source("ini", option.ini)
+    if raw.env is not None and option.env is not None:
+        return raw.env, Source("env", option.env)
+    return None, DEFAULT
+
+
+def parse_one(option: Option[T], text: str, source: Source, base: Path) -> T:
+    """``option``'s value from ``text``; a bad value names ``source``."""
     try:
-        max_size = parse_size(text if text is not None else DEFAULT_MAX_SIZE)
+        return option.parse(text, base)
     except ValueError as error:
         raise SettingsError(f"{source}: {error}") from None
-    if max_size is not None and max_size <= 0:
-        raise SettingsError(f"{source}: the size cap must be positive (or 'none'), got {text!r}")
 
-    text, source = value(PRUNE_AFTER)
-    prune_after: int | None = None
-    if text is not None and text.strip().lower() not in ("", "0", "never", "none"):
-        prune_after = int(_number(text, source, integer=True, minimum=1))
 
-    text, source = value(MODE)
-    mode = Mode.READWRITE
-    if text is not None:
-        try:
-            mode = Mode(text.strip().lower())
-        except ValueError:
-            choices = ", ".join(m.value for m in Mode)
-            raise SettingsError(f"{source}: expected one of {choices}, got {text!r}") from None
+def jax_environment(environ: Mapping[str, str], base: Path) -> dict[str, str]:
+    """Rewrites of the variables JAX reads on import that we accept in a form JAX does
+    not (``JAX_COMPILATION_CACHE_MAX_SIZE=500MB``), so that importing JAX cannot fail on
+    them. A value neither of us accepts is an error naming the variable, even when a
+    higher source overrides it for us: JAX would still read it."""
+    rewrites = {}
+    for option in OPTIONS:
+        if option.env is None or option.jax_spelling is None or option.env not in environ:
+            continue
+        value = parse_one(option, environ[option.env], Source("env", option.env), base)
+        rewrites[option.env] = option.jax_spelling(value)
+    return rewrites
 
-    text, source = value(XLA_CACHES)
-    xla_caches = "none" if text is None or not text.strip() else text.strip()
 
-    text, source = value(LOCK_TIMEOUT)
-    lock_timeout = DEFAULT_LOCK_TIMEOUT
-    if text is not None:
-        lock_timeout = _number(text, source, integer=False, minimum=0)
-
-    return Settings(
-        cache_dir=cache_dir,
-        remote_url=remote_url,
-        dir_source=dir_source,
-        min_compile_time_secs=min_compile_time,
-        min_entry_size_bytes=min_entry_size,
-        max_size_bytes=max_size,
-        prune_after_sessions=prune_after,
-        mode=mode,
-        xla_caches=xla_caches,
-        lock_timeout_secs=lock_timeout,
-    )
+def resolve(raw: Mapping[Option[Any], Raw], *, rootpath: Path, invocation_dir: Path) -> Settings:
+    """Resolve every option; raise :class:`SettingsError` on the first bad value. Only
+    the winning source's value is validated."""
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    for option in OPTIONS:
+        text, source = pick(option, raw.get(option, Raw()))
+        if text is None:
+            continue
+        base = rootpath if source.kind == "ini" else invocation_dir
+        values[option.attr] = parse_one(option, text, source, base)
+        sources[option.attr] = source
+    return Settings(**values, sources=sources)

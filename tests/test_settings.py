@@ -1,4 +1,9 @@
-"""Unit tests of option resolution: precedence, paths, sizes and error messages."""
+"""Unit tests of the option table: each option's precedence (command line > ini >
+environment > default), its parser, and error messages that name the source.
+
+The tables below hold, for every option in ``settings.OPTIONS``, a valid value per
+source and a bad value: a new option without them fails ``test_every_option_is_covered``.
+"""
 
 from __future__ import annotations
 
@@ -11,175 +16,265 @@ from pytest_jaxcache import settings
 from pytest_jaxcache.settings import (
     DEFAULT_LOCK_TIMEOUT,
     DIR,
-    LOCK_TIMEOUT,
     MAX_SIZE,
-    MIN_COMPILE_TIME,
-    MIN_ENTRY_SIZE,
     MODE,
-    PRUNE_AFTER,
-    XLA_CACHES,
+    OPTIONS,
+    Location,
     Mode,
     Option,
     Raw,
     Settings,
     SettingsError,
     Source,
+    StoreKind,
     format_size,
     parse_size,
     pick,
 )
 
-
-def resolve(
-    tmp_path: Path,
-    values: dict[Option, tuple[str | None, str | None, str | None]] | None = None,
-) -> Settings:
-    """Resolve ``{option: (cli, ini, env)}`` with rootdir ``tmp_path/root`` and
-    invocation dir ``tmp_path/here``."""
-    raw = {option: Raw(*triple) for option, triple in (values or {}).items()}
-    return settings.resolve(raw, rootpath=tmp_path / "root", invocation_dir=tmp_path / "here")
+ROOT = Path("/project/root")
+HERE = Path("/project/here")
 
 
-def test_defaults(tmp_path: Path) -> None:
-    """With no source speaking: cache off, every program written, 1 GiB cap, read-write."""
-    resolved = resolve(tmp_path)
-    assert resolved.cache_dir is None
+def resolve(values: dict[Option[Any], Raw] | None = None) -> Settings:
+    """Resolve with rootdir ``ROOT`` and invocation dir ``HERE``."""
+    return settings.resolve(values or {}, rootpath=ROOT, invocation_dir=HERE)
+
+
+# For each option: (text, value) as the command line, the ini file and the environment
+# give it. Relative paths: ini from the rootdir, the others from the invocation dir.
+SAMPLES: dict[str, dict[str, tuple[str, Any]]] = {
+    "location": {
+        "cli": ("c", Location(path=HERE / "c")),
+        "ini": ("i", Location(path=ROOT / "i")),
+        "env": ("e", Location(path=HERE / "e")),
+    },
+    "min_compile_time_secs": {"cli": ("0.5", 0.5), "ini": ("1.5", 1.5), "env": ("2.5", 2.5)},
+    "min_entry_size_bytes": {"cli": ("10", 10), "ini": ("20", 20), "env": ("30", 30)},
+    "max_size_bytes": {"cli": ("1MB", 10**6), "ini": ("2KiB", 2048), "env": ("3000", 3000)},
+    "prune_after_sessions": {"cli": ("3", 3), "ini": ("4", 4)},
+    "mode": {"cli": ("readonly", Mode.READONLY), "ini": (" ReadWrite ", Mode.READWRITE)},
+    "xla_caches": {
+        "cli": (" all ", "all"),
+        "ini": ("xla_gpu_kernel_cache_file", "xla_gpu_kernel_cache_file"),
+        "env": (
+            "xla_gpu_kernel_cache_file, xla_gpu_per_fusion_autotune_cache_dir",
+            "xla_gpu_kernel_cache_file,xla_gpu_per_fusion_autotune_cache_dir",
+        ),
+    },
+    "lock_timeout_secs": {"cli": ("1", 1.0), "ini": ("0", 0.0)},
+    "strict": {"cli": ("true", True), "ini": ("no", False)},
+    "store": {"cli": ("jax", StoreKind.JAX), "ini": ("pytest-jaxcache", StoreKind.OURS)},
+    "durations": {"cli": ("5", 5), "ini": ("-1", -1)},
+    "report_path": {"cli": ("r.json", HERE / "r.json"), "ini": ("i.json", ROOT / "i.json")},
+}
+
+# For each option: a bad value and the problem its message names.
+BAD: dict[str, tuple[str, str]] = {
+    "location": ("", ""),  # every text is a location: see test_location_* instead
+    "min_compile_time_secs": ("abc", "expected a number"),
+    "min_entry_size_bytes": ("1.5", "expected an integer"),
+    "max_size_bytes": ("lots", "not a size"),
+    "prune_after_sessions": ("0", "must be at least 1"),
+    "mode": ("rw", "expected one of readwrite, readonly"),
+    "xla_caches": ("abc", "expected all, none, xla_gpu_kernel_cache_file"),
+    "lock_timeout_secs": ("-1", "must be at least 0"),
+    "strict": ("maybe", "expected true or false"),
+    "store": ("mine", "expected one of pytest-jaxcache, jax"),
+    "durations": ("-2", "must be at least -1"),
+    "report_path": ("", ""),  # every text is a path
+}
+
+
+def _sources(option: Option[Any]) -> list[str]:
+    return [kind for kind in ("cli", "ini", "env") if getattr(option, kind) is not None]
+
+
+def _raw(**texts: str) -> Raw:
+    return Raw(cli=texts.get("cli"), ini=texts.get("ini"), env=texts.get("env"))
+
+
+def test_every_option_is_covered() -> None:
+    """Each option has samples for exactly the sources it has, and a bad value."""
+    for option in OPTIONS:
+        assert set(SAMPLES[option.attr]) == set(_sources(option)), option.attr
+        assert option.attr in BAD, option.attr
+    assert {option.attr for option in OPTIONS} == set(SAMPLES) == set(BAD)
+
+
+def test_defaults() -> None:
+    """With no source speaking: cache off, every program written, 1 GiB cap, read-write,
+    our store, 10 slowest phases, no report."""
+    resolved = resolve()
+    assert resolved == Settings()
+    assert resolved.cache_dir is None and resolved.remote_url is None
     assert resolved.enabled is False
     assert resolved.dir_source == Source("default", "")
-    assert resolved.min_compile_time_secs == 0.0
-    assert resolved.min_entry_size_bytes == -1
+    assert (resolved.min_compile_time_secs, resolved.min_entry_size_bytes) == (0.0, -1)
     assert resolved.max_size_bytes == 2**30
     assert resolved.prune_after_sessions is None
     assert resolved.mode is Mode.READWRITE
     assert resolved.xla_caches == "none"
     assert resolved.lock_timeout_secs == DEFAULT_LOCK_TIMEOUT
+    assert (resolved.strict, resolved.store) == (False, StoreKind.OURS)
+    assert (resolved.durations, resolved.report_path) == (10, None)
 
 
-# option, attribute, (cli, ini, env) values and what each resolves to
-PRECEDENCE: list[tuple[Option, str, tuple[str, str, str], tuple[Any, Any, Any]]] = [
-    (MIN_COMPILE_TIME, "min_compile_time_secs", ("0.5", "1.5", "2.5"), (0.5, 1.5, 2.5)),
-    (MIN_ENTRY_SIZE, "min_entry_size_bytes", ("10", "20", "30"), (10, 20, 30)),
-    (MAX_SIZE, "max_size_bytes", ("1MB", "2KiB", "3000"), (10**6, 2048, 3000)),
-    (PRUNE_AFTER, "prune_after_sessions", ("3", "4", "5"), (3, 4, None)),
-    (MODE, "mode", ("readonly", "readwrite", "readonly"), (Mode.READONLY, Mode.READWRITE, None)),
-    (
-        XLA_CACHES,
-        "xla_caches",
-        ("all", "kernel_cache", "autotune"),
-        ("all", "kernel_cache", "autotune"),
-    ),
-    (LOCK_TIMEOUT, "lock_timeout_secs", ("1", "2", "3"), (1.0, 2.0, None)),
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda option: option.attr)
+def test_precedence_cli_ini_env_default(option: Option[Any]) -> None:
+    """Each source beats the ones below it; the winner's value and name are kept."""
+    sources = _sources(option)
+    samples = SAMPLES[option.attr]
+    for index, kind in enumerate(sources):
+        given = {lower: samples[lower][0] for lower in sources[index:]}
+        resolved = resolve({option: _raw(**given)})
+        assert getattr(resolved, option.attr) == samples[kind][1], (kind, given)
+        assert resolved.source(option) == Source(kind, getattr(option, kind))
+
+
+@pytest.mark.parametrize(
+    "option", [o for o in OPTIONS if o.env is None], ids=lambda option: option.attr
+)
+def test_options_without_an_environment_variable_ignore_it(option: Option[Any]) -> None:
+    """An option with no environment variable keeps its default, whatever env says."""
+    resolved = resolve({option: Raw(env=BAD[option.attr][0] or "x")})
+    assert getattr(resolved, option.attr) == option.default
+    assert resolved.source(option) == Source("default", "")
+
+
+BAD_CASES = [
+    (option, kind) for option in OPTIONS if BAD[option.attr][1] for kind in _sources(option)
 ]
 
 
 @pytest.mark.parametrize(
-    "option, attribute, given, expected", PRECEDENCE, ids=[row[0].ini for row in PRECEDENCE]
+    "option, kind", BAD_CASES, ids=[f"{o.attr}-{kind}" for o, kind in BAD_CASES]
 )
-def test_precedence_cli_ini_env_default(
-    tmp_path: Path,
-    option: Option,
-    attribute: str,
-    given: tuple[str, str, str],
-    expected: tuple[Any, Any, Any],
-) -> None:
-    """The command line beats ini, ini beats the environment (for options that have an
-    environment variable), and the default applies when no source speaks."""
-    cli, ini, env = given
-    default = getattr(resolve(tmp_path), attribute)
-    assert getattr(resolve(tmp_path, {option: (cli, ini, env)}), attribute) == expected[0]
-    assert getattr(resolve(tmp_path, {option: (None, ini, env)}), attribute) == expected[1]
-    from_env = getattr(resolve(tmp_path, {option: (None, None, env)}), attribute)
-    if option.env is None:
-        assert from_env == default  # no environment variable for this option
-    else:
-        assert from_env == expected[2]
+def test_bad_value_names_its_source(option: Option[Any], kind: str) -> None:
+    """A bad value raises SettingsError naming the option, ini key or environment
+    variable it came from, the problem, and the value."""
+    text, problem = BAD[option.attr]
+    with pytest.raises(SettingsError) as info:
+        resolve({option: _raw(**{kind: text})})
+    message = str(info.value)
+    assert message.startswith(f"{Source(kind, getattr(option, kind))}: "), message
+    assert problem in message
+    assert repr(text) in message
+
+
+def test_only_the_winning_value_is_validated() -> None:
+    """A bad env value under a good command-line value is never read."""
+    resolved = resolve({settings.MIN_COMPILE_TIME: Raw(cli="1", env="bogus")})
+    assert resolved.min_compile_time_secs == 1.0
 
 
 def test_pick_reports_source() -> None:
-    """pick() returns the winning value together with the name it was given under."""
-    raw = Raw("a", "b", "c")
-    assert pick(MAX_SIZE, raw) == ("a", Source("cli", "--jax-cache-max-size"))
+    """pick() returns the winning value with the name it was given under; a source the
+    option does not have is silent."""
+    assert pick(MAX_SIZE, Raw("a", "b", "c")) == ("a", Source("cli", "--jax-cache-max-size"))
     assert pick(MAX_SIZE, Raw(None, "b", "c")) == ("b", Source("ini", "jax_cache_max_size"))
     assert pick(MAX_SIZE, Raw(None, None, "c")) == (
         "c",
         Source("env", "JAX_COMPILATION_CACHE_MAX_SIZE"),
     )
     assert pick(MODE, Raw(None, None, "readonly")) == (None, Source("default", ""))
-    assert str(Source("ini", "jax_cache_dir")) == "ini jax_cache_dir"
-    assert str(Source("env", "X")) == "env X"
-    assert str(Source("cli", "--jax-cache-dir")) == "--jax-cache-dir"
+    assert [str(Source(k, n)) for k, n in [("ini", "a"), ("env", "B"), ("cli", "--c")]] == [
+        "ini a",
+        "env B",
+        "--c",
+    ]
     assert str(Source("default", "")) == "default"
 
 
-# -- cache directory -------------------------------------------------------------------------
-
-
-def test_dir_precedence_and_bases(tmp_path: Path) -> None:
-    """A relative ini dir is taken from the rootdir; CLI and env from the invocation dir."""
-    cli = resolve(tmp_path, {DIR: ("c", "i", "e")})
-    assert cli.cache_dir == tmp_path / "here" / "c"
-    assert cli.dir_source == Source("cli", "--jax-cache-dir")
-    assert cli.enabled
-
-    ini = resolve(tmp_path, {DIR: (None, "i", "e")})
-    assert ini.cache_dir == tmp_path / "root" / "i"
-    assert str(ini.dir_source) == "ini jax_cache_dir"
-
-    env = resolve(tmp_path, {DIR: (None, None, "e")})
-    assert env.cache_dir == tmp_path / "here" / "e"
-    assert str(env.dir_source) == "env JAX_COMPILATION_CACHE_DIR"
+# -- the cache location -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("empty", ["", "   "])
-def test_empty_dir_disables(tmp_path: Path, empty: str) -> None:
+def test_empty_location_disables(empty: str) -> None:
     """An empty value turns the cache off, even over a lower source that sets one."""
-    assert resolve(tmp_path, {DIR: (empty, "i", "e")}).cache_dir is None
-    assert resolve(tmp_path, {DIR: (None, empty, "e")}).enabled is False
-    assert resolve(tmp_path, {DIR: (None, None, empty)}).enabled is False
+    assert resolve({DIR: Raw(empty, "i", "e")}).enabled is False
+    assert resolve({DIR: Raw(None, empty, "e")}).enabled is False
+    assert resolve({DIR: Raw(None, None, empty)}).enabled is False
 
 
-def test_dir_expands_user_and_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_location_expands_user_and_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``~`` and ``$VARS`` are expanded; an absolute path ignores the base."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("JAXCACHE_TEST_BASE", str(tmp_path / "var"))
-    assert resolve(tmp_path, {DIR: ("~/cache", None, None)}).cache_dir == (
-        tmp_path / "home" / "cache"
-    )
-    assert resolve(tmp_path, {DIR: (None, "$JAXCACHE_TEST_BASE/c", None)}).cache_dir == (
-        tmp_path / "var" / "c"
-    )
-    assert resolve(tmp_path, {DIR: (None, " ${JAXCACHE_TEST_BASE}/d ", None)}).cache_dir == (
+    assert resolve({DIR: Raw("~/cache")}).cache_dir == tmp_path / "home" / "cache"
+    assert resolve({DIR: Raw(ini="$JAXCACHE_TEST_BASE/c")}).cache_dir == tmp_path / "var" / "c"
+    assert resolve({DIR: Raw(ini=" ${JAXCACHE_TEST_BASE}/d ")}).cache_dir == (
         tmp_path / "var" / "d"
     )
-    absolute = tmp_path / "abs"
-    assert resolve(tmp_path, {DIR: (None, str(absolute), None)}).cache_dir == absolute
+    assert resolve({DIR: Raw(ini=str(tmp_path / "abs"))}).cache_dir == tmp_path / "abs"
 
 
-@pytest.mark.parametrize(
-    "position, source",
-    [(0, "--jax-cache-dir"), (1, "ini jax_cache_dir"), (2, "env JAX_COMPILATION_CACHE_DIR")],
-)
-def test_dir_that_is_a_file_names_the_source(tmp_path: Path, position: int, source: str) -> None:
+@pytest.mark.parametrize("kind", ["cli", "ini", "env"])
+def test_location_that_is_a_file_names_the_source(tmp_path: Path, kind: str) -> None:
     """A cache dir that exists as a file is an error naming where it was set."""
     path = tmp_path / "a-file"
     path.write_text("")
-    triple: list[str | None] = [None, None, None]
-    triple[position] = str(path)
     with pytest.raises(SettingsError) as info:
-        resolve(tmp_path, {DIR: (triple[0], triple[1], triple[2])})
+        resolve({DIR: _raw(**{kind: str(path)})})
     message = str(info.value)
-    assert message.startswith(f"{source}: ")
-    assert str(path) in message
-    assert "not a directory" in message
+    assert message.startswith(f"{Source(kind, getattr(DIR, kind))}: ")
+    assert str(path) in message and "not a directory" in message
 
 
-def test_existing_directory_is_fine(tmp_path: Path) -> None:
-    """An existing directory is accepted as is."""
-    (tmp_path / "here" / "cache").mkdir(parents=True)
-    assert resolve(tmp_path, {DIR: ("cache", None, None)}).cache_dir == tmp_path / "here" / "cache"
+def test_existing_directory_is_a_location(tmp_path: Path) -> None:
+    assert resolve({DIR: Raw(str(tmp_path))}).cache_dir == tmp_path
 
 
-# -- sizes -----------------------------------------------------------------------------------
+def test_remote_url_is_kept_as_a_url() -> None:
+    """``gs://bucket/dir`` is not a relative path to expand into the invocation dir."""
+    resolved = resolve({DIR: Raw("gs://bucket/jaxcache")})
+    assert resolved.enabled
+    assert resolved.cache_dir is None
+    assert resolved.remote_url == "gs://bucket/jaxcache"
+    assert resolved.where == "gs://bucket/jaxcache"
+
+
+@pytest.mark.parametrize("text", ["never", "none", "NONE", ""])
+def test_prune_after_never(text: str) -> None:
+    """Spellings of 'never prune'; 0 is an error (see BAD), not a spelling of never."""
+    assert resolve({settings.PRUNE_AFTER: Raw(text)}).prune_after_sessions is None
+
+
+@pytest.mark.parametrize("text", ["1", "true", "YES", "on", " True "])
+def test_flag_true_spellings(text: str) -> None:
+    assert resolve({settings.STRICT: Raw(ini=text)}).strict is True
+
+
+@pytest.mark.parametrize("text", ["0", "false", "No", "off"])
+def test_flag_false_spellings(text: str) -> None:
+    assert resolve({settings.STRICT: Raw(ini=text)}).strict is False
+
+
+# -- what JAX reads itself --------------------------------------------------------------------
+
+
+def test_jax_environment_rewrites_sizes_jax_cannot_read() -> None:
+    """``JAX_COMPILATION_CACHE_MAX_SIZE=500MB`` (JAX wants an int) becomes bytes; 'none'
+    becomes JAX's -1; variables JAX reads as we do are left alone."""
+    base = Path("/")
+    assert settings.jax_environment({"JAX_COMPILATION_CACHE_MAX_SIZE": "500MB"}, base) == {
+        "JAX_COMPILATION_CACHE_MAX_SIZE": "500000000"
+    }
+    assert settings.jax_environment({"JAX_COMPILATION_CACHE_MAX_SIZE": "none"}, base) == {
+        "JAX_COMPILATION_CACHE_MAX_SIZE": "-1"
+    }
+    assert settings.jax_environment({"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "2"}, base) == {}
+
+
+def test_jax_environment_rejects_what_neither_reads() -> None:
+    """A size nobody can read is an error naming the variable."""
+    with pytest.raises(SettingsError, match=r"^env JAX_COMPILATION_CACHE_MAX_SIZE: not a size"):
+        settings.jax_environment({"JAX_COMPILATION_CACHE_MAX_SIZE": "huge"}, Path("/"))
+
+
+# -- sizes ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -213,6 +308,12 @@ def test_parse_size_rejects(text: str) -> None:
         parse_size(text)
 
 
+@pytest.mark.parametrize("text", ["0", "0.1"])
+def test_size_cap_must_be_positive(text: str) -> None:
+    with pytest.raises(SettingsError, match="must be positive"):
+        resolve({MAX_SIZE: Raw(text)})
+
+
 @pytest.mark.parametrize(
     "num_bytes, expected",
     [
@@ -235,90 +336,3 @@ def test_format_parse_agree() -> None:
     for text in ("3GiB", "512MiB", "7KiB"):
         number, unit = format_size(parse_size(text) or 0).split()
         assert f"{float(number):g}{unit}" == text
-
-
-# -- bad values name their source ------------------------------------------------------------
-
-
-BAD = [
-    (MIN_COMPILE_TIME, "abc", "expected a number"),
-    (MIN_COMPILE_TIME, "-0.5", "must be at least 0"),
-    (MIN_COMPILE_TIME, "nan", "must be at least 0"),
-    (MIN_COMPILE_TIME, "inf", "must be at least 0"),
-    (MIN_ENTRY_SIZE, "1.5", "expected an integer"),
-    (MIN_ENTRY_SIZE, "-2", "must be at least -1"),
-    (MAX_SIZE, "lots", "not a size"),
-    (MAX_SIZE, "0", "must be positive"),
-    (MAX_SIZE, "0.1", "must be positive"),
-    (PRUNE_AFTER, "-3", "must be at least 1"),
-    (PRUNE_AFTER, "soon", "expected an integer"),
-    (MODE, "rw", "expected one of readwrite, readonly"),
-    (LOCK_TIMEOUT, "-1", "must be at least 0"),
-    (LOCK_TIMEOUT, "forever", "expected a number"),
-]
-
-
-@pytest.mark.parametrize("position", [0, 1, 2], ids=["cli", "ini", "env"])
-@pytest.mark.parametrize(
-    "option, text, problem", BAD, ids=[f"{row[0].ini}={row[1]}" for row in BAD]
-)
-def test_bad_value_names_source(
-    tmp_path: Path, option: Option, text: str, problem: str, position: int
-) -> None:
-    """A bad value raises SettingsError naming the CLI option, ini key or env variable
-    it came from, the problem, and the value."""
-    triple: list[str | None] = [None, None, None]
-    triple[position] = text
-    if position == 2 and option.env is None:
-        resolve(tmp_path, {option: (triple[0], triple[1], triple[2])})  # env is not read
-        return
-    with pytest.raises(SettingsError) as info:
-        resolve(tmp_path, {option: (triple[0], triple[1], triple[2])})
-    source = [option.cli, f"ini {option.ini}", f"env {option.env}"][position]
-    message = str(info.value)
-    assert message.startswith(f"{source}: "), message
-    assert problem in message
-    assert repr(text) in message
-
-
-def test_lower_source_is_not_validated_when_overridden(tmp_path: Path) -> None:
-    """Only the winning value is checked: a bad env value under a good CLI value is fine."""
-    resolved = resolve(tmp_path, {MIN_COMPILE_TIME: ("1", None, "bogus")})
-    assert resolved.min_compile_time_secs == 1.0
-
-
-@pytest.mark.parametrize("text", ["", "0", "never", "none", "NONE"])
-def test_prune_after_off(tmp_path: Path, text: str) -> None:
-    """Spellings of 'never prune'."""
-    assert resolve(tmp_path, {PRUNE_AFTER: (text, None, None)}).prune_after_sessions is None
-
-
-def test_value_normalisation(tmp_path: Path) -> None:
-    """Mode is case-insensitive and trimmed; xla caches trimmed, empty means none;
-    -1 is a valid minimum entry size; 0 is a valid lock timeout; no cap via none."""
-    resolved = resolve(
-        tmp_path,
-        {
-            MODE: (" ReadOnly ", None, None),
-            XLA_CACHES: ("  all  ", None, None),
-            MIN_ENTRY_SIZE: ("-1", None, None),
-            LOCK_TIMEOUT: ("0", None, None),
-            MAX_SIZE: (None, "none", "5MB"),
-        },
-    )
-    assert resolved.mode is Mode.READONLY
-    assert resolved.xla_caches == "all"
-    assert resolved.min_entry_size_bytes == -1
-    assert resolved.lock_timeout_secs == 0.0
-    assert resolved.max_size_bytes is None
-    assert resolve(tmp_path, {XLA_CACHES: (" ", None, None)}).xla_caches == "none"
-
-
-def test_remote_url_is_kept_as_a_url(tmp_path: Path) -> None:
-    """``gs://bucket/dir`` is not a relative path to expand into the invocation dir."""
-    raw = {settings.DIR: settings.Raw("gs://bucket/jaxcache", None, None)}
-    resolved = settings.resolve(raw, rootpath=tmp_path, invocation_dir=tmp_path)
-    assert resolved.enabled
-    assert resolved.cache_dir is None
-    assert resolved.remote_url == "gs://bucket/jaxcache"
-    assert resolved.location == "gs://bucket/jaxcache"
