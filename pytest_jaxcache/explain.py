@@ -17,7 +17,10 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pytest_jaxcache.store import NO_FINGERPRINT, Store
+from pytest_jaxcache import keys
+from pytest_jaxcache.bookkeeping import Bookkeeping
+from pytest_jaxcache.entry import NO_FINGERPRINT
+from pytest_jaxcache.store import Store
 
 NEW_PROGRAM = "new program: no earlier session compiled it"
 PROGRAM_CHANGED = "program changed: same name, other code, shapes, dtypes or options"
@@ -52,13 +55,13 @@ def describe_change(old: dict[str, str], new: dict[str, str]) -> str:
 
 
 def explain(
-    store: Store, keys: Iterable[str], *, before: float, current: dict[str, str]
+    store: Store, missed: Iterable[str], *, before: float, current: dict[str, str]
 ) -> list[Miss]:
     """One :class:`Miss` per key, in key order."""
-    keys = set(keys)
-    if not keys:  # a warm run: no directory scan
+    wanted = set(missed)
+    if not wanted:  # a warm run: no directory scan
         return []
-    earlier_of = store.earlier_headers_of(keys, before)
+    earlier_of = store.earlier_headers_of(wanted, before)
     misses = []
     for key in sorted(earlier_of):
         earlier = earlier_of[key]
@@ -71,7 +74,7 @@ def explain(
             # itself changed, whatever other environments wrote since.
             misses.append(Miss(key, PROGRAM_CHANGED))
             continue
-        old = store.load_fingerprint(earlier[0][1].fingerprint)
+        old = Bookkeeping(store.directory).load_fingerprint(earlier[0][1].fingerprint)
         reason = UNKNOWN_ENVIRONMENT if old is None else describe_change(old, current)
         misses.append(Miss(key, reason))
     return misses
@@ -83,7 +86,7 @@ def summarise(misses: list[Miss]) -> list[tuple[str, int, list[str]]]:
     examples: dict[str, list[str]] = {}
     for miss in misses:
         names = examples.setdefault(miss.reason, [])
-        program = miss.key.rsplit("-", 1)[0]
+        program = keys.program_name(miss.key)
         if len(names) < 3 and program not in names:
             names.append(program)
     return [(reason, count, examples[reason]) for reason, count in counts.most_common()]

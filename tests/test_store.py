@@ -15,24 +15,18 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import filelock
 import pytest
 
-from pytest_jaxcache.store import (
-    MAGIC,
-    NO_FINGERPRINT,
-    Entry,
-    Store,
-    StoreStats,
-    Usage,
-    decode,
-    decode_header,
-    encode,
-    file_name,
-)
+from pytest_jaxcache.bookkeeping import Bookkeeping
+from pytest_jaxcache.entry import MAGIC, NO_FINGERPRINT, Entry, decode, decode_header, encode
+from pytest_jaxcache.keys import file_name
+from pytest_jaxcache.maintenance import Maintenance, MaintenanceResult, Usage
+from pytest_jaxcache.store import Store, StoreStats
 
 HASH_A = "a" * 64
 HASH_B = "b" * 64
@@ -54,12 +48,48 @@ def make_store(root: Path, **kwargs: Any) -> Store:
     return store
 
 
+def entries_dir(store: Store) -> Path:
+    return store.root / "entries"
+
+
+def tmp_dir(store: Store) -> Path:
+    return store.root / "tmp"
+
+
+def locks_dir(store: Store) -> Path:
+    return store.root / "locks"
+
+
 def entry_path(store: Store, key: str) -> Path:
-    return store.entries_dir / file_name(key)
+    return entries_dir(store) / file_name(key)
 
 
 def lock_path(store: Store, key: str) -> Path:
-    return store.locks_dir / f"{file_name(key)}.lock"
+    return locks_dir(store) / f"{file_name(key)}.lock"
+
+
+def maintain(
+    store: Store,
+    *,
+    max_size_bytes: int | None,
+    prune_after_sessions: int | None,
+    session_start: float | None,
+    wait_secs: float = 10.0,
+) -> MaintenanceResult:
+    return Maintenance(store.directory).maintain(
+        max_size_bytes=max_size_bytes,
+        prune_after_sessions=prune_after_sessions,
+        session_start=session_start,
+        wait_secs=wait_secs,
+    )
+
+
+def usage(store: Store) -> Usage:
+    return Maintenance(store.directory).usage()
+
+
+def sessions(store: Store) -> list[float]:
+    return Bookkeeping(store.directory).sessions()
 
 
 def lock_is_free(path: Path) -> bool:
@@ -100,7 +130,7 @@ def _compile_then_put(root: str, key: str, claimed: Any, go: Any, results: Any) 
         claimed.set()
         go.wait(WAIT)
         written = store.put(key, PAYLOAD, 2.5)
-        return {"missed": entry is None, "written": written, "stats": store.stats.as_dict()}
+        return {"missed": entry is None, "written": written, "stats": asdict(store.stats)}
 
     _guarded(results, "compiler", body)
 
@@ -121,7 +151,7 @@ def _get_while_claimed(root: str, key: str, claimed: Any, waiting: Any, results:
         entry = box.get("entry")
         return {
             "entry": None if entry is None else [entry.payload, entry.compile_secs],
-            "stats": store.stats.as_dict(),
+            "stats": asdict(store.stats),
         }
 
     _guarded(results, "waiter", body)
@@ -158,7 +188,7 @@ def _claim_release_then_hold(root: str, key: str, held: Any, release: Any, resul
 def collect(results: Any, processes: list[Any]) -> dict[str, Any]:
     """Each child's result by role; fails on a child's exception or exit status, and
     fails fast (not after WAIT) when a child died without reporting."""
-    found = {}
+    found: dict[str, Any] = {}
     deadline = time.monotonic() + WAIT
     while len(found) < len(processes) and time.monotonic() < deadline:
         try:
@@ -286,7 +316,7 @@ def test_create_makes_layout(tmp_path: Path) -> None:
         .startswith("Signature: 8a477f597d28d172789f06886806bc55")
     )
     assert "*" in (root / ".gitignore").read_text().splitlines()
-    assert listing(store.tmp_dir) == []
+    assert listing(tmp_dir(store)) == []
     (root / ".gitignore").write_text("mine\n")
     store.create()  # idempotent, and leaves an existing file alone
     assert (root / ".gitignore").read_text() == "mine\n"
@@ -311,7 +341,6 @@ def test_put_get_round_trip(tmp_path: Path) -> None:
     path = entry_path(store, KEY)
     assert store.stats.writes == 1
     assert store.stats.bytes_written == path.stat().st_size
-    assert store.written == {KEY}
 
     reader = Store(tmp_path)
     entry = reader.get(KEY)
@@ -320,7 +349,6 @@ def test_put_get_round_trip(tmp_path: Path) -> None:
     assert entry.compile_secs == 3.5
     assert entry.header.fingerprint == b"abcdefgh"
     assert (reader.stats.hits, reader.stats.misses) == (1, 0)
-    assert list(reader.missed) == []
 
 
 def test_put_unknown_compile_time(tmp_path: Path) -> None:
@@ -336,7 +364,6 @@ def test_miss_claims_the_key_until_put(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     assert store.get(KEY) is None
     assert (store.stats.misses, store.stats.hits) == (1, 0)
-    assert list(store.missed) == [KEY]
     assert not lock_is_free(lock_path(store, KEY))
     assert store.put(KEY, PAYLOAD, 1.0)
     assert lock_is_free(lock_path(store, KEY))
@@ -351,7 +378,7 @@ def test_overwrite_and_no_tmp_files_left(tmp_path: Path) -> None:
         assert store.put(f"jit_g-{index:064d}", PAYLOAD)
     entry = store.get(KEY)
     assert entry is not None and entry.payload == PAYLOAD + b"\x04"
-    assert listing(store.tmp_dir) == []
+    assert listing(tmp_dir(store)) == []
     assert len(store.entry_names()) == 6
 
 
@@ -405,7 +432,7 @@ def test_readonly_store(tmp_path: Path) -> None:
     assert not entry_path(store, f"jit_h-{HASH_C}").exists()
 
     assert store.get(f"jit_h-{HASH_C}") is None
-    assert listing(store.locks_dir) == []
+    assert listing(locks_dir(store)) == []
 
     assert store.get(broken_key) is None
     assert store.stats.repaired == 1
@@ -413,12 +440,12 @@ def test_readonly_store(tmp_path: Path) -> None:
 
 
 def _remove_tmp_dir(store: Store) -> None:
-    shutil.rmtree(store.tmp_dir)
+    shutil.rmtree(tmp_dir(store))
 
 
 def _entries_is_a_file(store: Store) -> None:
-    shutil.rmtree(store.entries_dir)
-    store.entries_dir.write_bytes(b"not a directory")
+    shutil.rmtree(entries_dir(store))
+    entries_dir(store).write_bytes(b"not a directory")
 
 
 @pytest.mark.parametrize(
@@ -435,11 +462,9 @@ def test_failed_write_is_counted_never_raised(
     assert store.put(KEY, PAYLOAD, 1.0) is False
     assert store.stats.write_errors == 1
     assert store.stats.writes == 0
-    assert store.written == set()
     assert any(message.startswith(f"write {KEY}") for message in store.stats.errors)
     assert lock_is_free(lock_path(store, KEY))
-    if store.tmp_dir.is_dir():
-        assert listing(store.tmp_dir) == []
+    assert list(tmp_dir(store).glob("*")) == []  # no temporary left (or no tmp/ at all)
 
 
 def test_release_claims_leaves_nocache_marker(tmp_path: Path) -> None:
@@ -448,7 +473,7 @@ def test_release_claims_leaves_nocache_marker(tmp_path: Path) -> None:
     assert store.get(KEY) is None
     store.release_claims()
     assert lock_is_free(lock_path(store, KEY))
-    assert (store.locks_dir / f"{KEY}.nocache").exists()
+    assert (locks_dir(store) / f"{KEY}.nocache").exists()
     other = Store(tmp_path)
     assert other.get(KEY) is None
     assert lock_is_free(lock_path(store, KEY))  # the marked key was not claimed again
@@ -519,7 +544,7 @@ def test_nocache_marker_stops_waiting_in_other_processes(tmp_path: Path) -> None
     holder.start()
     try:
         wait_for(held, holder)
-        assert (store.locks_dir / f"{KEY}.nocache").exists()
+        assert (locks_dir(store) / f"{KEY}.nocache").exists()
         assert store.get(KEY) is None
         assert store.stats.lock_waits == 0
         assert store.stats.lock_timeouts == 0
@@ -549,19 +574,19 @@ def test_size_cap_evicts_least_recently_used(tmp_path: Path) -> None:
         set_mtime(entry_path(store, key), now - 1000 + 10 * index)
     assert store.get(keys[0]) is not None  # the oldest is used again: now the newest
 
-    result = store.maintain(max_size_bytes=2 * size, prune_after_sessions=None, session_start=now)
+    result = maintain(store, max_size_bytes=2 * size, prune_after_sessions=None, session_start=now)
     assert result.ran
     assert (result.evicted, result.evicted_bytes) == (2, 2 * size)
     assert result.pruned == 0
     assert store.entry_names() == sorted([keys[0], keys[3]])
-    assert store.usage() == Usage(2, 2 * size)
+    assert usage(store) == Usage(2, 2 * size)
 
 
 def test_no_cap_evicts_nothing(tmp_path: Path) -> None:
     """max_size_bytes=None keeps every entry."""
     store = make_store(tmp_path)
     keys = _fill(store, 3)
-    result = store.maintain(max_size_bytes=None, prune_after_sessions=None, session_start=1.0)
+    result = maintain(store, max_size_bytes=None, prune_after_sessions=None, session_start=1.0)
     assert result.ran and result.evicted == 0
     assert store.entry_names() == sorted(keys)
 
@@ -571,8 +596,8 @@ def test_prune_after_sessions(tmp_path: Path) -> None:
     and maintain() records every session start it sees."""
     store = make_store(tmp_path)
     for start in (1000.0, 2000.0, 3000.0):
-        assert store.maintain(
-            max_size_bytes=None, prune_after_sessions=None, session_start=start
+        assert maintain(
+            store, max_size_bytes=None, prune_after_sessions=None, session_start=start
         ).ran
     keys = _fill(store, 4)
     for key, when in zip(keys[:3], (1500.0, 2500.0, 3500.0), strict=True):
@@ -580,16 +605,16 @@ def test_prune_after_sessions(tmp_path: Path) -> None:
     size = entry_path(store, keys[0]).stat().st_size
 
     # too few sessions for N=10: nothing pruned yet
-    result = store.maintain(max_size_bytes=None, prune_after_sessions=10, session_start=3000.0)
+    result = maintain(store, max_size_bytes=None, prune_after_sessions=10, session_start=3000.0)
     assert result.pruned == 0 and len(store.entry_names()) == 4
 
-    result = store.maintain(max_size_bytes=None, prune_after_sessions=2, session_start=4000.0)
+    result = maintain(store, max_size_bytes=None, prune_after_sessions=2, session_start=4000.0)
     assert result.ran
     assert (result.pruned, result.pruned_bytes) == (2, 2 * size)
     assert store.entry_names() == sorted(keys[2:])
-    sessions = json.loads((tmp_path / "sessions.json").read_text())["sessions"]
-    assert sessions == [1000.0, 2000.0, 3000.0, 4000.0]
-    assert store.sessions() == sessions
+    recorded = json.loads((tmp_path / "sessions.json").read_text())["sessions"]
+    assert recorded == [1000.0, 2000.0, 3000.0, 4000.0]
+    assert sessions(store) == recorded
 
 
 def test_maintenance_outside_a_session(tmp_path: Path) -> None:
@@ -597,36 +622,40 @@ def test_maintenance_outside_a_session(tmp_path: Path) -> None:
     recording one of its own."""
     store = make_store(tmp_path)
     for start in (1000.0, 2000.0, 3000.0):
-        store.maintain(max_size_bytes=None, prune_after_sessions=None, session_start=start)
+        maintain(store, max_size_bytes=None, prune_after_sessions=None, session_start=start)
     keys = _fill(store, 3)
     for key, when in zip(keys, (1500.0, 2500.0, 3500.0), strict=True):
         set_mtime(entry_path(store, key), when)
-    result = store.maintain(max_size_bytes=None, prune_after_sessions=2, session_start=None)
+    result = maintain(store, max_size_bytes=None, prune_after_sessions=2, session_start=None)
     assert result.ran and result.pruned == 1
     assert store.entry_names() == sorted(keys[1:])
-    assert store.sessions() == [1000.0, 2000.0, 3000.0]
+    assert sessions(store) == [1000.0, 2000.0, 3000.0]
 
 
 def test_corrupt_sessions_file_is_replaced(tmp_path: Path) -> None:
     """An unreadable sessions.json does not stop maintenance; it is rewritten."""
     store = make_store(tmp_path)
     (tmp_path / "sessions.json").write_text("{not json")
-    result = store.maintain(max_size_bytes=None, prune_after_sessions=None, session_start=5.0)
+    result = maintain(store, max_size_bytes=None, prune_after_sessions=None, session_start=5.0)
     assert result.ran
     assert json.loads((tmp_path / "sessions.json").read_text()) == {"sessions": [5.0]}
 
 
 def test_stale_temporaries_and_markers_removed(tmp_path: Path) -> None:
     """Old temporaries, old unheld lock files and week-old markers are removed; fresh
-    ones, and an old lock someone holds, are kept."""
+    ones, an old lock someone holds, and old files of other names are kept."""
     store = make_store(tmp_path)
     now = time.time()
-    old_tmp, fresh_tmp = store.tmp_dir / "a.1.dead", store.tmp_dir / "b.2.live"
-    old_lock, fresh_lock = store.locks_dir / "old.lock", store.locks_dir / "fresh.lock"
-    held_lock = store.locks_dir / "held.lock"
-    old_marker, fresh_marker = store.locks_dir / "old.nocache", store.locks_dir / "fresh.nocache"
-    for path in (old_tmp, fresh_tmp, old_lock, fresh_lock, old_marker, fresh_marker):
+    tmp, locks = tmp_dir(store), locks_dir(store)
+    old_tmp, fresh_tmp = tmp / f"jit_a-{HASH_A}.1.deadbeef.tmp", tmp / f"jit_b-{HASH_B}.2.1234abcd"
+    old_lock, fresh_lock = locks / f"jit_o-{HASH_A}.lock", locks / f"jit_f-{HASH_B}.lock"
+    held_lock = locks / f"jit_h-{HASH_C}.lock"
+    old_marker, fresh_marker = locks / f"jit_o-{HASH_A}.nocache", locks / f"jit_f-{HASH_B}.nocache"
+    foreign = [tmp / "notes.txt", locks / "old.lock", locks / "mine.nocache"]
+    for path in (old_tmp, fresh_tmp, old_lock, fresh_lock, old_marker, fresh_marker, *foreign):
         path.write_bytes(b"")
+    for path in foreign:
+        set_mtime(path, now - 30 * 24 * 3600)
     holder = filelock.FileLock(str(held_lock))
     holder.acquire()
     try:
@@ -635,13 +664,15 @@ def test_stale_temporaries_and_markers_removed(tmp_path: Path) -> None:
         set_mtime(held_lock, now - 2 * 3600)
         set_mtime(old_marker, now - 8 * 24 * 3600)
         set_mtime(fresh_marker, now - 2 * 3600)
-        result = store.maintain(max_size_bytes=None, prune_after_sessions=None, session_start=now)
+        result = maintain(store, max_size_bytes=None, prune_after_sessions=None, session_start=now)
     finally:
         holder.release()
     assert result.ran
     assert result.stale_files_removed == 3
-    assert listing(store.tmp_dir) == ["b.2.live"]
-    assert listing(store.locks_dir) == ["fresh.lock", "fresh.nocache", "held.lock"]
+    assert listing(tmp) == sorted([fresh_tmp.name, "notes.txt"])
+    assert listing(locks) == sorted(
+        [fresh_lock.name, fresh_marker.name, held_lock.name, "old.lock", "mine.nocache"]
+    )
 
 
 def test_maintenance_skipped_while_another_session_holds_the_lock(tmp_path: Path) -> None:
@@ -656,8 +687,12 @@ def test_maintenance_skipped_while_another_session_holds_the_lock(tmp_path: Path
     holder.start()
     try:
         wait_for(held, holder)
-        result = store.maintain(
-            max_size_bytes=1, prune_after_sessions=1, session_start=time.time(), wait_secs=0.2
+        result = maintain(
+            store,
+            max_size_bytes=1,
+            prune_after_sessions=1,
+            session_start=time.time(),
+            wait_secs=0.2,
         )
     finally:
         release.set()
@@ -668,33 +703,23 @@ def test_maintenance_skipped_while_another_session_holds_the_lock(tmp_path: Path
     assert not (tmp_path / "sessions.json").exists()
 
 
-def test_readonly_maintenance_does_nothing(tmp_path: Path) -> None:
-    """A read-only store never evicts."""
-    keys = _fill(make_store(tmp_path), 2)
-    store = Store(tmp_path, readonly=True)
-    result = store.maintain(max_size_bytes=1, prune_after_sessions=1, session_start=1.0)
-    assert (result.ran, result.reason) == (False, "read-only")
-    assert store.entry_names() == sorted(keys)
-    assert result.as_dict()["ran"] is False
-
-
 # -- inspection ------------------------------------------------------------------------------
 
 
 def test_usage_and_clear(tmp_path: Path) -> None:
     """usage() counts entries and bytes; clear() removes entries only."""
-    assert Store(tmp_path / "missing").usage() == Usage(0, 0)
+    assert usage(Store(tmp_path / "missing")) == Usage(0, 0)
     store = make_store(tmp_path)
-    assert store.usage() == Usage(0, 0)
+    assert usage(store) == Usage(0, 0)
     keys = _fill(store, 3)
     store.put(f"jit_big-{HASH_A}", PAYLOAD * 3)
-    sizes = [path.stat().st_size for path in store.entries_dir.iterdir()]
-    assert store.usage() == Usage(4, sum(sizes))
+    sizes = [path.stat().st_size for path in entries_dir(store).iterdir()]
+    assert usage(store) == Usage(4, sum(sizes))
     assert store.entry_names() == sorted([*keys, f"jit_big-{HASH_A}"])
-    assert store.clear() == 4
-    assert store.usage() == Usage(0, 0)
-    assert (tmp_path / "CACHEDIR.TAG").exists() and store.locks_dir.is_dir()
-    assert store.clear() == 0
+    assert Maintenance(store.directory).clear() == 4
+    assert usage(store) == Usage(0, 0)
+    assert (tmp_path / "CACHEDIR.TAG").exists() and locks_dir(store).is_dir()
+    assert Maintenance(store.directory).clear() == 0
 
 
 def _write_entry(store: Store, key: str, fingerprint: bytes, written_at: float) -> None:
@@ -722,25 +747,24 @@ def test_earlier_headers(tmp_path: Path) -> None:
 
 
 def test_fingerprint_save_and_load(tmp_path: Path) -> None:
-    """Fingerprints round-trip; unknown, corrupt or non-dict files load as None; an
-    existing one is not overwritten; a read-only store saves nothing."""
+    """Fingerprints round-trip; unknown, corrupt, deeply nested or non-dict files load as
+    None; an existing one is not overwritten."""
     store = make_store(tmp_path)
     fingerprint = {"jaxlib": "0.10.2", "XLA_FLAGS": ""}
-    store.save_fingerprint(b"12345678", fingerprint)
-    assert store.load_fingerprint(b"12345678") == fingerprint
-    store.save_fingerprint(b"12345678", {"jaxlib": "other"})
-    assert store.load_fingerprint(b"12345678") == fingerprint
-    assert store.load_fingerprint(b"87654321") is None
+    books = Bookkeeping(store.directory)
+    books.save_fingerprint(b"12345678", fingerprint)
+    assert books.load_fingerprint(b"12345678") == fingerprint
+    books.save_fingerprint(b"12345678", {"jaxlib": "other"})
+    assert books.load_fingerprint(b"12345678") == fingerprint
+    assert books.load_fingerprint(b"87654321") is None
 
     folder = tmp_path / "fingerprints"
     (folder / f"{b'badjson_'.hex()}.json").write_text("{oops")
     (folder / f"{b'notadict'.hex()}.json").write_text("[1, 2]")
-    assert store.load_fingerprint(b"badjson_") is None
-    assert store.load_fingerprint(b"notadict") is None
-
-    readonly = Store(tmp_path / "ro", readonly=True)
-    readonly.save_fingerprint(b"12345678", fingerprint)
-    assert not (tmp_path / "ro").exists()
+    assert books.load_fingerprint(b"badjson_") is None
+    assert books.load_fingerprint(b"notadict") is None
+    (folder / f"{b'deepjson'.hex()}.json").write_text("[" * 100_000)
+    assert books.load_fingerprint(b"deepjson") is None
 
 
 def test_stats_are_plain_and_notes_bounded() -> None:
@@ -752,19 +776,20 @@ def test_stats_are_plain_and_notes_bounded() -> None:
     for index in range(30):
         stats.note(f"error {index}")
     assert len(stats.errors) == 20
-    assert json.loads(json.dumps(stats.as_dict()))["hits"] == 2
+    assert json.loads(json.dumps(asdict(stats)))["hits"] == 2
 
 
 def test_has_temporaries_sees_a_killed_writers_leftover(tmp_path: Path) -> None:
     """Maintenance is skipped on a warm run unless a temporary file is left over; the
     store must tell an empty ``tmp/`` from one holding a killed writer's partial file."""
     store = make_store(tmp_path / "cache")
-    assert not store.has_temporaries()
+    maintenance = Maintenance(store.directory)
+    assert not maintenance.has_temporaries()
     store.put("jit_f-" + "a" * 64, b"payload")
-    assert not store.has_temporaries()  # a completed write leaves nothing behind
-    (store.tmp_dir / "jit_f-partial.123.abcd").write_bytes(b"half")
-    assert store.has_temporaries()
-    assert not Store(tmp_path / "never-created").has_temporaries()
+    assert not maintenance.has_temporaries()  # a completed write leaves nothing behind
+    (tmp_dir(store) / "jit_f-partial.123.abcd1234.tmp").write_bytes(b"half")
+    assert maintenance.has_temporaries()
+    assert not Maintenance(Store(tmp_path / "never-created").directory).has_temporaries()
 
 
 def test_second_lookup_of_a_claimed_key_in_the_same_thread_does_not_wait(
@@ -788,7 +813,7 @@ def test_nocache_marker_only_for_compiles_that_succeeded_and_gone_once_written(
     compile that wrote nothing is removed when the key is written after all."""
     store = make_store(tmp_path / "cache")
     key = "jit_k-" + "d" * 64
-    marker = store.locks_dir / f"{file_name(key)}.nocache"
+    marker = locks_dir(store) / f"{file_name(key)}.nocache"
     assert store.get(key) is None
     store.release_claims(compiled=False)
     assert not marker.exists()
