@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import pytest
 
 from pytest_jaxcache import explain, jaxhooks
-from pytest_jaxcache.recorder import HIT, UNCACHABLE, UNWRITTEN, CompileRecord, Counts
+from pytest_jaxcache.recorder import HIT, MISS, UNCACHABLE, UNWRITTEN, CompileRecord, Counts
 from pytest_jaxcache.session import CacheSession
 
 T = TypeVar("T")
@@ -69,7 +69,7 @@ class JaxCache:
         jaxhooks.block_until_ready(fn(*args, **kwargs))
         jaxhooks.clear_in_memory_caches()
         store, recorder = session.store, session.recorder
-        first_compile, first_miss = len(recorder.compiles), len(store.missed)
+        first_compile = len(recorder.compiles)
         before = time.time()
         result = fn(*args, **kwargs)
         jaxhooks.block_until_ready(result)
@@ -78,7 +78,7 @@ class JaxCache:
             pytest.fail("assert_cached: the function compiled nothing, so nothing was checked")
         failed = [c for c in compiled if c.outcome != HIT]
         if failed:
-            missed = list(store.missed)[first_miss:]
+            missed = [c.key for c in compiled if c.outcome == MISS and c.key]
             reasons = {
                 miss.key: miss.reason
                 for miss in explain.explain(

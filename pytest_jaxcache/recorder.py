@@ -11,14 +11,17 @@ it out; a compile with no lookup ran with the cache off.
 Listeners run inside the user's compile: :meth:`Recorder.on_event` and
 :meth:`Recorder.on_duration` swallow every exception (and count it) rather than raise.
 
-All state is plain builtins so that xdist can ship it from workers to the controller.
+A worker's records reach the controller as :class:`Records` (see
+:mod:`pytest_jaxcache.worker_report`).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from pytest_jaxcache.tally import Tally
 
 REQUEST_EVENT = "/jax/compilation_cache/compile_requests_use_cache"
 HIT_EVENT = "/jax/compilation_cache/cache_hits"
@@ -33,13 +36,12 @@ UNCACHABLE = "uncachable"  # looked up, compiled, never written: host callbacks
 UNWRITTEN = "unwritten"  # looked up, compiled, not written: below a size/time threshold
 UNCACHED = "uncached"  # compiled with the persistent cache off
 
-PHASES = ("setup", "call", "teardown")
 OUTSIDE_TESTS = "<outside tests>"  # conftest/module import, collection, session fixtures
 OUTSIDE_PHASE = "collect"
 
 
 @dataclass
-class Counts:
+class Counts(Tally):
     """Compile figures of one test phase (or of a whole session, when summed)."""
 
     requests: int = 0
@@ -55,18 +57,13 @@ class Counts:
     trace_secs: float = 0.0
     lower_secs: float = 0.0
 
-    def add(self, other: Counts) -> None:
-        for item in fields(self):
-            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
-
     @property
     def compiles(self) -> int:
         return self.hits + self.misses + self.uncachable + self.unwritten + self.uncached
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Counts:
-        names = {item.name for item in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{item.name: data[item.name] for item in fields(cls)})
 
 
 @dataclass
@@ -84,6 +81,7 @@ class CompileRecord:
 
 @dataclass
 class TestRecord:
+    __test__ = False  # not a test class, whatever pytest thinks of the name
     nodeid: str
     phases: dict[str, Counts] = field(default_factory=dict)
     markers: list[str] = field(default_factory=list)
@@ -94,6 +92,16 @@ class TestRecord:
         for counts in self.phases.values():
             total.add(counts)
         return total
+
+
+@dataclass
+class Records:
+    """Everything a recorder holds: what a worker sends back, what the report reads."""
+
+    tests: list[TestRecord] = field(default_factory=list)
+    compiles: list[CompileRecord] = field(default_factory=list)
+    cache_warnings: list[str] = field(default_factory=list)
+    listener_errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -111,7 +119,8 @@ class _Pending:
 
 
 class Recorder:
-    """Collects compile records for one process; merges records from xdist workers."""
+    """Collects the compile records of one process (and, on an xdist controller, the
+    records its workers sent back)."""
 
     def __init__(self, worker: str = "") -> None:
         self.worker = worker
@@ -119,8 +128,6 @@ class Recorder:
         self.compiles: list[CompileRecord] = []
         self.cache_warnings: list[str] = []
         self.listener_errors: list[str] = []
-        self.lost_workers: list[str] = []
-        self.workers: dict[str, dict[str, Any]] = {}
         self._context: tuple[str, str, tuple[str, ...]] = (OUTSIDE_TESTS, OUTSIDE_PHASE, ())
         self._bypassed = False
         self._local = threading.local()
@@ -250,32 +257,24 @@ class Recorder:
 
     # -- xdist --------------------------------------------------------------------------
 
-    def export(self) -> dict[str, Any]:
-        """Everything, as plain builtins (for ``config.workeroutput``)."""
-        return {
-            "tests": [
-                {
-                    "nodeid": t.nodeid,
-                    "markers": t.markers,
-                    "phases": {p: asdict(c) for p, c in t.phases.items()},
-                }
-                for t in self.tests.values()
-            ],
-            "compiles": [asdict(c) for c in self.compiles],
-            "cache_warnings": list(self.cache_warnings),
-            "listener_errors": list(self.listener_errors),
-        }
+    def export(self) -> Records:
+        return Records(
+            tests=list(self.tests.values()),
+            compiles=list(self.compiles),
+            cache_warnings=list(self.cache_warnings),
+            listener_errors=list(self.listener_errors),
+        )
 
-    def merge(self, worker: str, data: dict[str, Any], extra: dict[str, Any]) -> None:
-        """Fold a worker's :meth:`export` into this (controller) recorder."""
-        for item in data.get("tests", []):
-            record = self._test(item["nodeid"])
+    def merge(self, worker: str, records: Records) -> None:
+        """Fold a worker's records into this (controller) recorder."""
+        for test in records.tests:
+            record = self._test(test.nodeid)
             record.worker = worker
-            record.markers = sorted(set(record.markers) | set(item.get("markers", [])))
-            for phase, counts in item.get("phases", {}).items():
-                record.phases.setdefault(phase, Counts()).add(Counts.from_dict(counts))
-        for compile_ in data.get("compiles", []):
-            self.compiles.append(CompileRecord(**{**compile_, "worker": worker}))
-        self.cache_warnings.extend(data.get("cache_warnings", []))
-        self.listener_errors.extend(data.get("listener_errors", []))
-        self.workers[worker] = extra
+            record.markers = sorted(set(record.markers) | set(test.markers))
+            for phase, counts in test.phases.items():
+                record.phases.setdefault(phase, Counts()).add(counts)
+        for compile_ in records.compiles:
+            compile_.worker = worker
+            self.compiles.append(compile_)
+        self.cache_warnings.extend(records.cache_warnings)
+        self.listener_errors.extend(records.listener_errors)

@@ -33,12 +33,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from pytest_jaxcache.markers import ERRORS
 from pytest_jaxcache.recorder import OUTSIDE_TESTS, UNCACHABLE, Counts, Recorder
 from pytest_jaxcache.settings import format_size
 
 SCHEMA = "pytest-jaxcache/report"
 VERSION = 1
-ERRORS_MARKER = "jax_errors"
 
 
 def hit_rate(counts: Counts) -> float | None:
@@ -59,6 +59,8 @@ def build(
     jax_versions: dict[str, str | None],
     store_stats: dict[str, Any],
     misses: list[tuple[str, int, list[str]]],
+    workers: dict[str, dict[str, Any]],
+    lost_workers: list[str],
 ) -> dict[str, Any]:
     """The JSON document of one session."""
     totals, cachable, errors = Counts(), Counts(), Counts()
@@ -66,7 +68,7 @@ def build(
     for record in recorder.tests.values():
         total = record.total()
         totals.add(total)
-        (errors if ERRORS_MARKER in record.markers else cachable).add(total)
+        (errors if ERRORS in record.markers else cachable).add(total)
         if record.phases:
             tests.append(
                 {
@@ -90,8 +92,8 @@ def build(
         "uncachable_tests": _uncachable_tests(recorder),
         "unneeded_markers": _unneeded_markers(recorder),
         "misses": [{"reason": r, "count": n, "examples": e} for r, n, e in misses],
-        "workers": recorder.workers,
-        "lost_workers": recorder.lost_workers,
+        "workers": workers,
+        "lost_workers": lost_workers,
         "cache_warnings": recorder.cache_warnings,
         "listener_errors": recorder.listener_errors,
     }
@@ -109,7 +111,7 @@ def _uncachable_tests(recorder: Recorder) -> list[dict[str, Any]]:
         {
             "nodeid": nodeid,
             "outside": nodeid == OUTSIDE_TESTS,
-            "marked": nodeid in recorder.tests and ERRORS_MARKER in recorder.tests[nodeid].markers,
+            "marked": nodeid in recorder.tests and ERRORS in recorder.tests[nodeid].markers,
             "programs": names,
         }
         for nodeid, names in programs.items()
@@ -122,7 +124,7 @@ def _unneeded_markers(recorder: Recorder) -> list[str]:
     unneeded = []
     for record in recorder.tests.values():
         total = record.total()
-        if ERRORS_MARKER in record.markers and total.uncachable == 0 and total.requests:
+        if ERRORS in record.markers and total.uncachable == 0 and total.requests:
             unneeded.append(record.nodeid)
     return unneeded
 
@@ -180,11 +182,11 @@ def render(data: dict[str, Any], *, verbosity: int, durations: int) -> list[str]
         f"{_secs(totals['trace_secs'])} tracing, {_secs(totals['lower_secs'])} lowering",
     ]
     lines += _store_lines(data)
-    lines += _slowest(data, durations, verbosity)
+    lines += _slowest(data, durations)
     lines += _uncachable_lines(data)
     if data["unneeded_markers"]:
         lines.append(
-            "marked jax_errors, yet every program was cachable (the marker may be unneeded): "
+            f"marked {ERRORS}, yet every program was cachable (the marker may be unneeded): "
             + ", ".join(data["unneeded_markers"][:5])
         )
     lines += _miss_lines(data)
@@ -213,7 +215,7 @@ def _errors_line(errors: dict[str, Any]) -> str:
     if errors["requests"] + errors["uncached"] == 0:
         return ""
     return (
-        f" (excludes jax_errors tests: {errors['requests'] + errors['uncached']} programs, "
+        f" (excludes {ERRORS} tests: {errors['requests'] + errors['uncached']} programs, "
         f"{_secs(errors['compile_secs'])} compiling)"
     )
 
@@ -242,7 +244,7 @@ def _store_lines(data: dict[str, Any]) -> list[str]:
     return [line] + ([f"store: {', '.join(extra)}"] if extra else [])
 
 
-def _slowest(data: dict[str, Any], durations: int, verbosity: int) -> list[str]:
+def _slowest(data: dict[str, Any], durations: int) -> list[str]:
     rows = []
     for test in data["tests"]:
         for phase, counts in test["phases"].items():
@@ -274,11 +276,11 @@ def _uncachable_lines(data: dict[str, Any]) -> list[str]:
         if test["outside"]:
             lines.append(f"  {test['nodeid']} (import or collection): {programs}")
         elif test["marked"]:
-            lines.append(f"  {test['nodeid']} [jax_errors]: {programs}")
+            lines.append(f"  {test['nodeid']} [{ERRORS}]: {programs}")
         else:
             lines.append(
                 f"  {test['nodeid']}: {programs}  "
-                "<- not marked: add @pytest.mark.jax_errors to run it apart"
+                f"<- not marked: add @pytest.mark.{ERRORS} to run it apart"
             )
     return lines
 

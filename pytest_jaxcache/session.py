@@ -1,22 +1,27 @@
-"""One process's share of a pytest session: open the store, install the JAX hooks,
-gather figures, and (on the controller or the only process) run maintenance and build
-the report. The pytest hooks in :mod:`pytest_jaxcache.plugin` only call into this."""
+"""One process's share of a pytest session: open the store, configure JAX when it is
+imported, account what happened, and (on the controller, or the only process) fold in
+the workers' reports, run maintenance and build the report. The pytest hooks in
+:mod:`pytest_jaxcache.plugin` only call into this."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pytest_jaxcache import explain, jaxhooks
-from pytest_jaxcache.recorder import Recorder
-from pytest_jaxcache.settings import Mode, Settings
-from pytest_jaxcache.store import Store, StoreStats
+from pytest_jaxcache.bookkeeping import Bookkeeping
+from pytest_jaxcache.cachedir import CacheDir
+from pytest_jaxcache.maintenance import Maintenance, MaintenanceResult, Usage, jax_files_usage
+from pytest_jaxcache.recorder import MISS, Recorder
+from pytest_jaxcache.settings import Mode, Settings, StoreKind
+from pytest_jaxcache.store import ENTRIES, Store, StoreStats
+from pytest_jaxcache.worker_report import WorkerReport
 
 # A cache that exists but cannot take writes (a read-only mount, another user's restored
 # cache, a full disk) is still worth reading.
@@ -26,17 +31,20 @@ _READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC}
 @dataclass
 class CacheSession:
     settings: Settings
-    recorder: Recorder
-    use_our_store: bool = True
+    recorder: Recorder = field(default_factory=Recorder)
     started_at: float = field(default_factory=time.time)
+    worker: str = ""  # this process's xdist worker id; "" on the controller or alone
+    mode: Mode = Mode.READWRITE
     store: Store | None = None
+    directory: CacheDir | None = None  # the local directory, whichever store serves it
     installation: jaxhooks.Installation | None = None
     notices: list[str] = field(default_factory=list)
-    before: dict[str, int] | None = None
-    after: dict[str, int] | None = None
-    maintenance: dict[str, Any] | None = None
-    mode: Mode = Mode.READWRITE
     fingerprint: dict[str, str] = field(default_factory=dict)
+    before: Usage | None = None
+    after: Usage | None = None
+    maintenance: MaintenanceResult | None = None
+    workers: dict[str, WorkerReport] = field(default_factory=dict)
+    lost_workers: list[str] = field(default_factory=list)
     _cancel_install: Callable[[], None] = lambda: None
 
     # -- start ------------------------------------------------------------------------
@@ -46,14 +54,26 @@ class CacheSession:
         is). Raises :class:`jaxhooks.JaxMissing`, before any directory is made."""
         jaxhooks.ensure_installed()
         self.mode = self.settings.mode
-        self.store = self._open_store()
+        if self.settings.store is StoreKind.OURS:
+            self.store = self._open_store()
+            self.directory = None if self.store is None else self.store.directory
+        elif self.settings.cache_dir is not None:
+            self.directory = CacheDir(self.settings.cache_dir)
         self._cancel_install = jaxhooks.when_jax_imported(self._install)
+
+    def _location(self) -> str | None:
+        """Where JAX is pointed: our directory, JAX's own directory or URL, or nowhere."""
+        if self.settings.store is StoreKind.OURS and self.settings.cache_dir is not None:
+            return None if self.store is None else str(self.store.root)
+        if self.settings.cache_dir is not None:
+            return str(self.settings.cache_dir)
+        return self.settings.remote_url
 
     def _install(self) -> None:
         """Runs inside ``import jax``: report a failure, never raise it into the import."""
         try:
             self.installation = jaxhooks.install(
-                self.settings, self.store, self.recorder, use_our_store=self.use_our_store
+                self.settings, self.recorder, store=self.store, location=self._location()
             )
         except Exception as error:
             self.notices.append(f"could not configure JAX: {type(error).__name__}: {error}")
@@ -61,10 +81,6 @@ class CacheSession:
         self.notices.extend(self.installation.notices)
         if self.store is not None and self.installation.ours:
             self.installation.on_first_compile = self._stamp_fingerprint
-
-    def measure_before(self) -> None:
-        if self.store is not None:
-            self.before = asdict(self.store.usage())
 
     def _open_store(self) -> Store | None:
         if self.settings.remote_url is not None:
@@ -76,17 +92,17 @@ class CacheSession:
             return None
         root = self.settings.cache_dir
         assert root is not None
-        readonly = self.mode is Mode.READONLY
-        store = Store(root, readonly=readonly, lock_timeout_secs=self.settings.lock_timeout_secs)
-        if readonly:
+        timeout = self.settings.lock_timeout_secs
+        if self.mode is Mode.READONLY:
             if not root.is_dir():
                 self.notices.append(f"read-only cache {root} does not exist: running uncached")
                 return None
-            return store
+            return Store(root, readonly=True, lock_timeout_secs=timeout)
+        store = Store(root, lock_timeout_secs=timeout)
         try:
             store.create()
         except OSError as error:
-            if error.errno not in _READ_ONLY_ERRNOS or not (root / "entries").is_dir():
+            if error.errno not in _READ_ONLY_ERRNOS or not store.directory.has(ENTRIES):
                 self.notices.append(
                     f"cannot use {root} ({error.strerror or error}): running uncached"
                 )
@@ -94,7 +110,7 @@ class CacheSession:
             why = "disk full" if error.errno == errno.ENOSPC else f"not writable ({error.strerror})"
             self.notices.append(f"{root} is {why}: using it read-only")
             self.mode = Mode.READONLY
-            return Store(root, readonly=True, lock_timeout_secs=self.settings.lock_timeout_secs)
+            return Store(root, readonly=True, lock_timeout_secs=timeout)
         return store
 
     def _stamp_fingerprint(self) -> None:
@@ -104,11 +120,33 @@ class CacheSession:
         self.fingerprint = jaxhooks.fingerprint()
         digest = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode())
         self.store.fingerprint = digest.digest()[:8]
-        self.store.save_fingerprint(self.store.fingerprint, self.fingerprint)
+        if not self.store.readonly:
+            try:
+                Bookkeeping(self.store.directory).save_fingerprint(
+                    self.store.fingerprint, self.fingerprint
+                )
+            except OSError as error:
+                self.store.stats.note(f"fingerprint: {error}")
+
+    def measure_before(self) -> None:
+        self.before = self._usage()
+
+    def _usage(self) -> Usage | None:
+        try:
+            if self.store is not None:
+                return Maintenance(self.store.directory).usage()
+            if self.directory is not None:
+                return jax_files_usage(self.directory)
+        except OSError as error:
+            self.notices.append(f"cannot measure {self.settings.where}: {error}")
+        return None
+
+    # -- xdist ------------------------------------------------------------------------
 
     def become_worker(self, worker_id: str, controller: dict[str, Any] | None) -> None:
         """An xdist worker takes the controller's session start: entries it writes
         belong to that session, not to one of their own, when misses are explained."""
+        self.worker = worker_id
         self.recorder.worker = worker_id
         if controller is not None:
             self.started_at = float(controller["started_at"])
@@ -116,103 +154,130 @@ class CacheSession:
     def controller_input(self) -> dict[str, Any]:
         return {"started_at": self.started_at}
 
+    def worker_report(self) -> WorkerReport:
+        return WorkerReport(
+            records=self.recorder.export(),
+            store=self.store.stats if self.store is not None else StoreStats(),
+            misses=self.explain_misses(),
+            notices=list(self.notices),
+            installed=None if self.installation is None else self.installation.facts,
+        )
+
+    def absorb(self, worker: str, report: WorkerReport) -> None:
+        """Fold a finished worker's report into this (controller) session."""
+        self.recorder.merge(worker, report.records)
+        self.workers[worker] = report
+        for notice in report.notices:
+            if notice not in self.notices:
+                self.notices.append(notice)
+
+    def lose(self, worker: str) -> None:
+        """A worker crashed before it could report."""
+        self.lost_workers.append(worker)
+
     # -- finish -----------------------------------------------------------------------
 
     def explain_misses(self) -> list[explain.Miss]:
+        """This process's misses, each with its reason."""
         if self.store is None:
             return []
-        keys = self.store.missed.keys() & self.store.written
-        return explain.explain(self.store, keys, before=self.started_at, current=self.fingerprint)
+        missed = {c.key for c in self.recorder.compiles if c.outcome == MISS and c.key}
+        try:
+            return explain.explain(
+                self.store, missed, before=self.started_at, current=self.fingerprint
+            )
+        except OSError as error:
+            self.notices.append(f"cannot explain misses: {error}")
+            return []
 
-    def worker_output(self) -> dict[str, Any]:
-        """What a worker sends back: plain builtins only."""
-        stats = self.store.stats.as_dict() if self.store is not None else {}
-        return {
-            "records": self.recorder.export(),
-            "store": stats,
-            "misses": [asdict(miss) for miss in self.explain_misses()],
-            "notices": self.notices,
-            "installed": self.installed(),
-        }
+    def total_stats(self) -> StoreStats:
+        """What the store did in this session: this process and every worker."""
+        stats = StoreStats()
+        if self.store is not None:
+            stats.add(self.store.stats)
+        for sent in self.workers.values():
+            stats.add(sent.store)
+        return stats
 
     def finish(self) -> None:
         """Controller (or only process): maintenance under the directory lock, when
         there can be work: this session wrote, pruning is on, the cache was over its cap
         already, or a killed writer left a temporary file. A warm run skips it."""
         if self.store is None:
+            self.after = self._usage()
             return
-        writes = self.total_stats().writes
+        if self.store.readonly:
+            self.after = self.before
+            self.maintenance = MaintenanceResult(ran=False, reason="read-only")
+            return
+        maintenance = Maintenance(self.store.directory)
         cap = self.settings.max_size_bytes
-        over_cap = cap is not None and (self.before is None or self.before["bytes"] > cap)
-        leftovers = self.store.has_temporaries()  # a writer was killed mid-write
-        if not (writes or leftovers or over_cap or self.settings.prune_after_sessions):
-            # This session changed nothing: the start's figures stand (no second scan).
-            self.after = self.before if self.before is not None else asdict(self.store.usage())
+        over_cap = cap is not None and (self.before is None or self.before.bytes > cap)
+        try:
+            leftovers = maintenance.has_temporaries()  # a writer was killed mid-write
+        except OSError:
+            leftovers = False
+        if not (
+            self.total_stats().writes or leftovers or over_cap or self.settings.prune_after_sessions
+        ):
+            self.after = self.before  # this session changed nothing: no second scan
             return
-        result = self.store.maintain(
-            max_size_bytes=self.settings.max_size_bytes,
+        self.maintenance = maintenance.maintain(
+            max_size_bytes=cap,
             prune_after_sessions=self.settings.prune_after_sessions,
             session_start=self.started_at,
         )
-        self.maintenance = result.as_dict()
-        self.after = asdict(self.store.usage())
+        self.after = self._usage()
 
-    def total_stats(self) -> StoreStats:
-        """What the store did in this session: this process and every worker."""
-        stats = StoreStats()
-        if self.store is not None:
-            _add_stats(stats, self.store.stats.as_dict())
-        for info in self.recorder.workers.values():
-            _add_stats(stats, info.get("store", {}))
-        return stats
+    def installed(self) -> jaxhooks.InstallFacts | None:
+        """Store kind and JAX versions: this process's, or (an xdist controller that
+        never imported JAX) a worker's."""
+        if self.installation is not None:
+            return self.installation.facts
+        for sent in self.workers.values():
+            if sent.installed is not None:
+                return sent.installed
+        return None
 
     def build_report(self) -> dict[str, Any]:
-        stats = self.total_stats()
         misses = self.explain_misses()
-        for info in self.recorder.workers.values():
-            misses += [explain.Miss(**miss) for miss in info.get("misses", [])]
-        installed = self._installed_facts()
+        for worker_report in self.workers.values():
+            misses += worker_report.misses
+        installed = self.installed()
+        store_kind = "none (JAX never imported)" if installed is None else installed.store
         cache = {
-            "dir": self.settings.location,
+            "dir": self.settings.where,
             "source": str(self.settings.dir_source),
-            "store": installed["store"] if self.store is not None else "none",
+            "store": store_kind,
             "mode": self.mode.value,
             "notices": self.notices,
             "max_size_bytes": self.settings.max_size_bytes,
-            "before": self.before,
-            "after": self.after,
-            "maintenance": self.maintenance,
+            "before": None if self.before is None else asdict(self.before),
+            "after": None if self.after is None else asdict(self.after),
+            "maintenance": None if self.maintenance is None else asdict(self.maintenance),
         }
-        versions = {"jax": installed["jax"], "jaxlib": installed["jaxlib"]}
         from pytest_jaxcache import report
 
         return report.build(
             self.recorder,
             cache=cache,
-            jax_versions=versions,
-            store_stats=stats.as_dict(),
+            jax_versions={
+                "jax": None if installed is None else installed.jax,
+                "jaxlib": None if installed is None else installed.jaxlib,
+            },
+            store_stats=asdict(self.total_stats()),
             misses=explain.summarise(misses),
+            workers={
+                worker: {
+                    "store": asdict(sent.store),
+                    "misses": [asdict(miss) for miss in sent.misses],
+                    "tests": len(sent.records.tests),
+                    "installed": None if sent.installed is None else asdict(sent.installed),
+                }
+                for worker, sent in self.workers.items()
+            },
+            lost_workers=self.lost_workers,
         )
-
-    def _installed_facts(self) -> dict[str, Any]:
-        """Store kind and JAX versions: this process's, or (an xdist controller that
-        never imported JAX) a worker's."""
-        if self.installation is not None:
-            return self.installed()
-        for info in self.recorder.workers.values():
-            if info.get("installed"):
-                return dict(info["installed"])
-        return {"store": "none (JAX never imported)", "jax": None, "jaxlib": None}
-
-    def installed(self) -> dict[str, Any]:
-        installation = self.installation
-        if installation is None:
-            return {}
-        return {
-            "store": installation.store_kind,
-            "jax": installation.jax_version,
-            "jaxlib": installation.jaxlib_version,
-        }
 
     def stop(self) -> None:
         self._cancel_install()
@@ -221,16 +286,9 @@ class CacheSession:
             self.installation = None
 
 
-def _add_stats(total: StoreStats, data: dict[str, Any]) -> None:
-    for name, value in data.items():
-        current = getattr(total, name, None)
-        if isinstance(current, int) and isinstance(value, int):
-            setattr(total, name, current + value)
-        elif isinstance(current, list) and isinstance(value, list):
-            for message in value:
-                total.note(str(message))
+def write_json(path: os.PathLike[str], data: dict[str, Any]) -> None:
+    from pathlib import Path
 
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Worker -> controller exchange; registered only when pytest-xdist is active."""
+"""Controller <-> worker exchange; registered only when pytest-xdist is active."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from pytest_jaxcache import errors
+from pytest_jaxcache import error_checks
 from pytest_jaxcache.session import CacheSession
+from pytest_jaxcache.worker_report import EXCHANGE_KEY, ReportVersionError, WorkerReport
 
 
 class XdistHooks:
@@ -20,34 +21,26 @@ class XdistHooks:
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """Before xdist's own hook turns ``xdist_group`` marks into ``@group`` ids."""
-        errors.group_marked_for_xdist(items)
+        error_checks.group_marked_for_xdist(items)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         if self.session is not None:
-            node.workerinput["jaxcache"] = self.session.controller_input()
+            node.workerinput[EXCHANGE_KEY] = self.session.controller_input()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
         if self.session is None:
             return
         worker = str(node.workerinput.get("workerid", "?"))
-        output = getattr(node, "workeroutput", None) or {}
-        data = output.get("jaxcache")
+        data = (getattr(node, "workeroutput", None) or {}).get(EXCHANGE_KEY)
         if data is None:  # the worker crashed before its session finished
-            self.session.recorder.lost_workers.append(worker)
+            self.session.lose(worker)
             return
-        records = data.get("records", {})
-        self.session.recorder.merge(
-            worker,
-            records,
-            {
-                "store": data.get("store", {}),
-                "misses": data.get("misses", []),
-                "tests": len(records.get("tests", [])),
-                "installed": data.get("installed", {}),
-            },
-        )
-        for notice in data.get("notices", []):
-            if notice not in self.session.notices:
-                self.session.notices.append(notice)
+        try:
+            report = WorkerReport.from_builtins(data)
+        except ReportVersionError as problem:
+            self.session.notices.append(f"worker {worker}: {problem}")
+            self.session.lose(worker)
+            return
+        self.session.absorb(worker, report)

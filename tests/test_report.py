@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pytest_jaxcache import report
+from pytest_jaxcache import markers, report
 from pytest_jaxcache.recorder import (
     BACKEND_COMPILE_EVENT,
     HIT,
@@ -27,8 +27,10 @@ from pytest_jaxcache.recorder import (
     WRITE_EVENT,
     Counts,
     Recorder,
+    Records,
 )
 from pytest_jaxcache.settings import format_size
+from pytest_jaxcache.worker_report import WorkerReport
 
 UNKNOWN = object()  # a hit whose stored compile time is not known
 
@@ -59,7 +61,7 @@ class Step:
 
 
 A, B, C, E, F = (f"tests/test_x.py::test_{x}" for x in "abcef")
-ERR = (report.ERRORS_MARKER,)
+ERR = (markers.ERRORS,)
 
 SCENARIO = [
     Step(OUTSIDE_TESTS, OUTSIDE_PHASE, (), "jit_init", MISS, 0.1),
@@ -128,11 +130,19 @@ def cache_info(**overrides: Any) -> dict[str, Any]:
     return info
 
 
+SCENARIO_WORKERS = {
+    "gw0": {"store": {"hits": 4, "writes": 5, "waited_hits": 1}, "tests": 6},
+    "gw1": {"store": {"hits": 0}, "tests": 1},
+}
+
+
 def build(
     recorder: Recorder,
     *,
     store: dict[str, Any] | None = None,
     misses: list[tuple[str, int, list[str]]] | None = None,
+    workers: dict[str, dict[str, Any]] | None = None,
+    lost_workers: list[str] | None = None,
     **cache: Any,
 ) -> dict[str, Any]:
     return report.build(
@@ -141,24 +151,28 @@ def build(
         jax_versions={"jax": "0.10.2", "jaxlib": "0.10.2"},
         store_stats={"hits": 0, "writes": 0, "errors": []} if store is None else store,
         misses=misses or [],
+        workers=workers or {},
+        lost_workers=lost_workers or [],
     )
+
+
+def shipped(worker: Recorder) -> Records:
+    """``worker``'s records as the controller receives them: through a worker report
+    turned into JSON and back."""
+    data = json.loads(json.dumps(WorkerReport(records=worker.export()).to_builtins()))
+    return WorkerReport.from_builtins(data).records
 
 
 def scenario_recorder() -> Recorder:
     """A controller recorder holding the scenario, shipped from worker gw0 as JSON."""
     worker = Recorder(worker="gw0")
     play(worker, SCENARIO)
-    shipped = json.loads(json.dumps(worker.export()))
     controller = Recorder()
-    controller.merge(
-        "gw0", shipped, {"store": {"hits": 4, "writes": 5, "waited_hits": 1}, "tests": 6}
-    )
+    controller.merge("gw0", shipped(worker))
     other = Recorder(worker="gw1")
     other.begin("tests/test_y.py::test_other", "call")
     compile_(other, "jit_other", MISS, 0.05)
-    controller.merge(
-        "gw1", json.loads(json.dumps(other.export())), {"store": {"hits": 0}, "tests": 1}
-    )
+    controller.merge("gw1", shipped(other))
     return controller
 
 
@@ -175,8 +189,16 @@ def line_with(lines: list[str], text: str) -> str:
 # -- recorder --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("outcome", [HIT, MISS, UNCACHABLE, UNCACHED])
-def test_recorder_classifies_each_outcome(outcome: str) -> None:
+@pytest.mark.parametrize(
+    "outcome, times",
+    [
+        (HIT, (0.25, 0.0, 0.75)),
+        (MISS, (0.0, 0.25, 0.0)),
+        (UNCACHABLE, (0.0, 0.25, 0.0)),
+        (UNCACHED, (0.0, 0.25, 0.0)),
+    ],
+)
+def test_recorder_classifies_each_outcome(outcome: str, times: tuple[float, ...]) -> None:
     """Request/hit/write events followed by the backend compile give one record with
     the outcome, the program name, and the test and phase that compiled it."""
     recorder = Recorder(worker="gw3")
@@ -188,10 +210,7 @@ def test_recorder_classifies_each_outcome(outcome: str) -> None:
     counts = recorder.tests["t::x"].phases["setup"]
     assert counts.compiles == 1
     assert counts.requests == (0 if outcome == UNCACHED else 1)
-    if outcome == HIT:
-        assert (counts.retrieval_secs, counts.compile_secs, counts.saved_secs) == (0.25, 0.0, 0.75)
-    else:
-        assert (counts.retrieval_secs, counts.compile_secs) == (0.0, 0.25)
+    assert (counts.retrieval_secs, counts.compile_secs, counts.saved_secs) == times
 
 
 def test_recorder_context_and_durations() -> None:
@@ -269,33 +288,32 @@ def test_cache_warning_names_context() -> None:
 
 
 def test_export_merge_round_trip() -> None:
-    """export() is plain JSON; merge() rebuilds the worker's tests, counts and compiles
-    on the controller, tagged with the worker id, and sums shared records."""
+    """Records shipped as JSON come back equal; merge() rebuilds the worker's tests,
+    counts and compiles on the controller, tagged with the worker id, and sums shared
+    records (work outside tests)."""
     worker = Recorder(worker="gw0")
     play(worker, SCENARIO)
     worker.note_cache_warning("w")
     worker.on_duration(TRACE_EVENT, "bad")  # type: ignore[arg-type]
-    exported = worker.export()
-    shipped = json.loads(json.dumps(exported))
-    assert shipped == exported
+    assert shipped(worker) == worker.export()
 
     controller = Recorder()
     compile_(controller, "jit_controller", MISS, 0.5)  # the controller's own outside work
-    controller.merge("gw0", shipped, {"tests": 6})
+    controller.merge("gw0", shipped(worker))
     assert set(controller.tests) == set(worker.tests)
-    for nodeid, record in worker.tests.items():
-        merged = controller.tests[nodeid]
-        assert merged.markers == record.markers
-        if nodeid != OUTSIDE_TESTS:
-            assert merged.phases == record.phases
-            assert merged.worker == "gw0"
+    assert {n: r.markers for n, r in controller.tests.items()} == {
+        n: r.markers for n, r in worker.tests.items()
+    }
+    tests = [nodeid for nodeid in worker.tests if nodeid != OUTSIDE_TESTS]
+    assert {n: (controller.tests[n].phases, controller.tests[n].worker) for n in tests} == {
+        n: (worker.tests[n].phases, "gw0") for n in tests
+    }
     outside = controller.tests[OUTSIDE_TESTS].phases[OUTSIDE_PHASE]
     assert outside.misses == 2 and outside.compile_secs == pytest.approx(0.6)
     assert [c.name for c in controller.compiles[1:]] == [c.name for c in worker.compiles]
     assert {c.worker for c in controller.compiles[1:]} == {"gw0"}
     assert controller.cache_warnings == worker.cache_warnings
     assert controller.listener_errors == worker.listener_errors
-    assert controller.workers == {"gw0": {"tests": 6}}
 
 
 # -- build -----------------------------------------------------------------------------------
@@ -345,7 +363,9 @@ def test_build_tests_compiles_and_uncachable() -> None:
 
 def test_build_is_plain_json() -> None:
     """The document survives json round trip unchanged and names its schema."""
-    data = build(scenario_recorder(), misses=[("new program", 2, ["jit_a"])])
+    data = build(
+        scenario_recorder(), misses=[("new program", 2, ["jit_a"])], workers=SCENARIO_WORKERS
+    )
     assert json.loads(json.dumps(data)) == data
     assert (data["schema"], data["version"]) == (report.SCHEMA, report.VERSION)
     assert data["misses"] == [{"reason": "new program", "count": 2, "examples": ["jit_a"]}]
@@ -430,7 +450,8 @@ def test_render_default_sections() -> None:
 
 def test_render_verbose_adds_worker_lines() -> None:
     """-v adds one line per worker, sorted, with its store figures."""
-    lines = report.render(build(scenario_recorder()), verbosity=1, durations=10)
+    data = build(scenario_recorder(), workers=SCENARIO_WORKERS)
+    lines = report.render(data, verbosity=1, durations=10)
     workers = [line for line in lines if line.startswith("worker ")]
     assert workers == [
         "worker gw0: 6 tests, 4 hits, 5 written, 1 waited",
@@ -519,7 +540,6 @@ def test_render_problems_and_store_extras() -> None:
     """Notices, lost workers, JAX cache warnings, store errors, accounting failures and
     unusual store figures are all shown."""
     recorder = scenario_recorder()
-    recorder.lost_workers.append("gw7")
     recorder.cache_warnings.extend(["t::x (call): first warning", "t::y (call): second"])
     recorder.listener_errors.extend(["ValueError: a", "TypeError: b"])
     store = {
@@ -534,6 +554,7 @@ def test_render_problems_and_store_extras() -> None:
     data = build(
         recorder,
         store=store,
+        lost_workers=["gw7"],
         notices=["read-only cache /x does not exist: running uncached"],
         max_size_bytes=None,
         after=None,

@@ -1,0 +1,27 @@
+"""One way to add up figures: field by field, for every dataclass of counters.
+
+Per-test compile counts, store statistics and remote statistics are all summed the
+same way, whether over the phases of a test or over the xdist workers of a session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+MAX_MESSAGES = 20
+
+
+class Tally:
+    """A dataclass of numbers (summed) and lists of messages (joined, deduplicated,
+    bounded)."""
+
+    def add(self, other: Any) -> None:
+        for item in fields(self):  # type: ignore[arg-type]
+            mine, theirs = getattr(self, item.name), getattr(other, item.name)
+            if isinstance(mine, list):
+                for message in theirs:
+                    if len(mine) < MAX_MESSAGES and message not in mine:
+                        mine.append(message)
+            else:
+                setattr(self, item.name, mine + theirs)

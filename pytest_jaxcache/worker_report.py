@@ -1,0 +1,75 @@
+"""What an xdist worker sends its controller at the end of its session: one typed,
+versioned structure, turned into plain builtins to cross execnet and back.
+
+The worker fills it in ``pytest_sessionfinish`` (``config.workeroutput``); the
+controller reads it in ``pytest_testnodedown``. A worker that crashed sends nothing, and
+a report of another version (a mixed install) is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pytest_jaxcache.explain import Miss
+from pytest_jaxcache.jaxhooks import InstallFacts
+from pytest_jaxcache.recorder import CompileRecord, Counts, Records, TestRecord
+from pytest_jaxcache.store import StoreStats
+
+VERSION = 1
+EXCHANGE_KEY = "jaxcache"  # in workerinput (controller -> worker) and workeroutput
+
+
+class ReportVersionError(ValueError):
+    """The worker runs another version of pytest-jaxcache than the controller."""
+
+
+@dataclass
+class WorkerReport:
+    """One worker's share of the session."""
+
+    records: Records = field(default_factory=Records)
+    store: StoreStats = field(default_factory=StoreStats)
+    misses: list[Miss] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    installed: InstallFacts | None = None
+
+    def to_builtins(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "records": asdict(self.records),
+            "store": asdict(self.store),
+            "misses": [asdict(miss) for miss in self.misses],
+            "notices": list(self.notices),
+            "installed": None if self.installed is None else asdict(self.installed),
+        }
+
+    @classmethod
+    def from_builtins(cls, data: dict[str, Any]) -> WorkerReport:
+        if data.get("version") != VERSION:
+            raise ReportVersionError(
+                f"worker report version {data.get('version')!r}, expected {VERSION}"
+            )
+        records = data["records"]
+        installed = data["installed"]
+        return cls(
+            records=Records(
+                tests=[_test(item) for item in records["tests"]],
+                compiles=[CompileRecord(**item) for item in records["compiles"]],
+                cache_warnings=list(records["cache_warnings"]),
+                listener_errors=list(records["listener_errors"]),
+            ),
+            store=StoreStats(**data["store"]),
+            misses=[Miss(**item) for item in data["misses"]],
+            notices=list(data["notices"]),
+            installed=None if installed is None else InstallFacts(**installed),
+        )
+
+
+def _test(data: dict[str, Any]) -> TestRecord:
+    return TestRecord(
+        nodeid=data["nodeid"],
+        phases={phase: Counts.from_dict(counts) for phase, counts in data["phases"].items()},
+        markers=list(data["markers"]),
+        worker=data["worker"],
+    )
