@@ -19,7 +19,6 @@ import importlib.util
 import inspect
 import logging
 import os
-import pathlib
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
 
 OUR_STORE = "pytest-jaxcache store"
 JAX_STORE = "JAX's file store"
+NO_STORE = "none"
 
 # JAX's own wording (jax._src.compiler) when reading or writing an entry fails.
 _CACHE_WARNINGS = (
@@ -175,7 +175,6 @@ def _find_seam() -> tuple[_Seam | None, str]:
             getattr(compilation_cache, "get_file_cache", None)
         ),
         "compilation_cache.reset_cache": callable(getattr(compilation_cache, "reset_cache", None)),
-        "compilation_cache._cache": hasattr(compilation_cache, "_cache"),
         "compilation_cache.CacheInterface": isinstance(interface, type)
         and callable(getattr(interface, "get", None))
         and callable(getattr(interface, "put", None)),
@@ -212,6 +211,15 @@ class _CacheWarnings:
         return getattr(self._real, name)
 
 
+@dataclass(frozen=True)
+class InstallFacts:
+    """What the installation found: the store serving JAX, and JAX's versions."""
+
+    store: str
+    jax: str | None
+    jaxlib: str | None
+
+
 @dataclass
 class Installation:
     """What :func:`install` changed in this process, and how to undo it."""
@@ -228,6 +236,19 @@ class Installation:
     def ours(self) -> bool:
         return self.store_kind == OUR_STORE
 
+    @property
+    def facts(self) -> InstallFacts:
+        return InstallFacts(self.store_kind, self.jax_version, self.jaxlib_version)
+
+    def add_undo(self, undo: Callable[[], None]) -> None:
+        """``undo`` runs at :meth:`uninstall`, after everything added later."""
+        self._undo.append(undo)
+
+    def patch(self, owner: Any, name: str, value: Any) -> None:
+        original = getattr(owner, name)
+        setattr(owner, name, value)
+        self.add_undo(lambda: setattr(owner, name, original))
+
     def uninstall(self) -> None:
         while self._undo:
             with suppress(Exception):
@@ -237,87 +258,78 @@ class Installation:
 _compile_state = threading.local()
 
 
-def _patch(installation: Installation, owner: Any, name: str, value: Any) -> None:
-    original = getattr(owner, name)
-    setattr(owner, name, value)
-    installation._undo.append(lambda: setattr(owner, name, original))
-
-
 def install(
-    settings: Settings,
-    store: Store | None,
-    recorder: Recorder,
-    *,
-    use_our_store: bool = True,
+    settings: Settings, recorder: Recorder, *, store: Store | None, location: str | None
 ) -> Installation:
-    """Configure JAX's persistent cache for this process. ``store`` is ``None`` when the
-    cache directory could not be used: then only the listeners are installed."""
+    """Configure JAX's persistent cache for this process, in named steps. JAX is pointed
+    at ``location`` (``None``: no usable cache, lookups off) and served by ``store``
+    (``None``: JAX's own file store)."""
     jax = _import_jax()
     installation = Installation(
-        store_kind=JAX_STORE, jax_version=version("jax"), jaxlib_version=version("jaxlib")
+        JAX_STORE, jax_version=version("jax"), jaxlib_version=version("jaxlib")
     )
     try:
-        _install(jax, installation, settings, store, recorder, use_our_store)
+        seam, why_not = _find_seam()
+        if store is not None and seam is None:
+            installation.notices.append(f"{why_not}; using {JAX_STORE} (no atomic writes)")
+            store = None
+        location = _usable(installation, location)
+        if location is None:
+            installation.store_kind = NO_STORE
+        _configure(jax, installation, settings, location, our_store=store is not None)
+        if seam is not None:
+            if location is not None:  # runs last on uninstall: JAX forgets our store
+                installation.add_undo(lambda: _reset_jax_cache(seam))
+            if store is not None:
+                _install_store(installation, seam, store, recorder)
+            _wrap_compile(installation, seam, recorder, store)
+            _shim_warnings(installation, seam, recorder)
+            if location is not None:
+                _reset_jax_cache(seam)  # a cache initialised before us (unlikely) is dropped
+        _register_listeners(jax, installation, recorder)
     except BaseException:
         installation.uninstall()  # half a configuration is worse than none
         raise
     return installation
 
 
-def _install(
+def _usable(installation: Installation, location: str | None) -> str | None:
+    """``location``, unless it is a URL that this JAX cannot reach."""
+    if location is not None and "://" in location and importlib.util.find_spec("etils") is None:
+        # JAX would fail on every lookup and write (and name nothing): say it once.
+        installation.notices.append(f"{location}: etils[epath] is not installed: running uncached")
+        return None
+    return location
+
+
+def _configure(
     jax: ModuleType,
     installation: Installation,
     settings: Settings,
-    store: Store | None,
-    recorder: Recorder,
-    use_our_store: bool,
+    location: str | None,
+    *,
+    our_store: bool,
 ) -> None:
-    seam, why_not = _find_seam()
-    ours = store is not None and use_our_store and seam is not None
-    if store is not None and use_our_store and seam is None:
-        installation.notices.append(f"{why_not}; using {JAX_STORE} (no atomic writes)")
-
-    location = str(store.root) if store is not None else settings.remote_url
-    if store is None and location is not None and importlib.util.find_spec("etils") is None:
-        # JAX would fail on every lookup and write (and name nothing): say it once.
-        installation.notices.append(f"{location}: etils[epath] is not installed: running uncached")
-        location = None
-    if location is None:  # no usable dir: no lookups (they could only miss)
+    """Step 1: JAX's cache configuration. Without a location, lookups are turned off:
+    they could only miss."""
+    if location is None:
         _update_config(jax, installation, "jax_enable_compilation_cache", False)
-    else:
-        updates: dict[str, Any] = {
-            "jax_enable_compilation_cache": True,
-            "jax_compilation_cache_dir": location,
-            "jax_persistent_cache_min_compile_time_secs": settings.min_compile_time_secs,
-            "jax_persistent_cache_min_entry_size_bytes": settings.min_entry_size_bytes,
-            "jax_persistent_cache_enable_xla_caches": settings.xla_caches,
-            # Our store evicts once per session; JAX's would lock and scan on every write.
-            # A remote store is never capped: JAX's eviction needs a local lock file.
-            "jax_compilation_cache_max_size": -1
-            if ours or store is None or settings.max_size_bytes is None
-            else settings.max_size_bytes,
-        }
-        for name, value in updates.items():
-            _update_config(jax, installation, name, value)
-
-    if seam is not None:
-        if location is not None:  # runs last on uninstall: JAX forgets our store
-            installation._undo.append(lambda: _reset_jax_cache(seam))
-        if ours:
-            assert store is not None
-            installation.store_kind = OUR_STORE
-            _install_store(installation, seam, store, recorder)
-        _wrap_compile(installation, seam, recorder, store if ours else None)
-        _patch(
-            installation,
-            seam.compiler,
-            "warnings",
-            _CacheWarnings(warnings, recorder),
-        )
-        if location is not None:
-            _reset_jax_cache(seam)  # a cache initialised before us (unlikely) is dropped
-
-    _register_listeners(jax, installation, recorder)
+        return
+    # Our store evicts once per session; JAX's would lock and scan on every write. A
+    # remote store is never capped: JAX's eviction needs a local lock file.
+    max_size = settings.max_size_bytes
+    remote = "://" in location
+    jax_cap = -1 if our_store or remote or max_size is None else max_size
+    updates: dict[str, Any] = {
+        "jax_enable_compilation_cache": True,
+        "jax_compilation_cache_dir": location,
+        "jax_persistent_cache_min_compile_time_secs": settings.min_compile_time_secs,
+        "jax_persistent_cache_min_entry_size_bytes": settings.min_entry_size_bytes,
+        "jax_persistent_cache_enable_xla_caches": settings.xla_caches,
+        "jax_compilation_cache_max_size": jax_cap,
+    }
+    for name, value in updates.items():
+        _update_config(jax, installation, name, value)
 
 
 def _update_config(jax: ModuleType, installation: Installation, name: str, value: Any) -> None:
@@ -329,12 +341,13 @@ def _update_config(jax: ModuleType, installation: Installation, name: str, value
     if old == value:
         return
     jax.config.update(name, value)
-    installation._undo.append(lambda: jax.config.update(name, old))
+    installation.add_undo(lambda: jax.config.update(name, old))
 
 
 def _install_store(
     installation: Installation, seam: _Seam, store: Store, recorder: Recorder
 ) -> None:
+    """Step 2: our store behind JAX's cache interface, for our directory only."""
     adapter = _adapter_class(seam.cache_interface)(store, recorder, installation)
     original_get_file_cache = seam.compilation_cache.get_file_cache
     root = os.path.realpath(store.root)
@@ -350,15 +363,16 @@ def _install_store(
             return verification(adapter), path
         return adapter, path
 
-    _patch(installation, seam.compilation_cache, "get_file_cache", get_file_cache)
+    installation.store_kind = OUR_STORE
+    installation.patch(seam.compilation_cache, "get_file_cache", get_file_cache)
 
 
 def _wrap_compile(
     installation: Installation, seam: _Seam, recorder: Recorder, store: Store | None
 ) -> None:
-    """Around each compile: tell the recorder whether the program has host callbacks
-    (so that a program skipped by a threshold is not blamed on callbacks), time it for
-    the entry's header, and release the single-flight claims it left."""
+    """Step 3: around each compile, tell the recorder whether the program has host
+    callbacks (so that a program skipped by a threshold is not blamed on callbacks),
+    time it for the entry's header, and release the single-flight claims it left."""
     original = seam.compiler.compile_or_get_cached
     try:
         names = list(inspect.signature(original).parameters)
@@ -387,7 +401,12 @@ def _wrap_compile(
             if store is not None:
                 store.release_claims(compiled=compiled)
 
-    _patch(installation, seam.compiler, "compile_or_get_cached", compile_or_get_cached)
+    installation.patch(seam.compiler, "compile_or_get_cached", compile_or_get_cached)
+
+
+def _shim_warnings(installation: Installation, seam: _Seam, recorder: Recorder) -> None:
+    """Step 4: JAX's cache read/write warnings are counted, never raised into a test."""
+    installation.patch(seam.compiler, "warnings", _CacheWarnings(warnings, recorder))
 
 
 def _adapter_class(interface: type) -> type:
@@ -398,7 +417,7 @@ def _adapter_class(interface: type) -> type:
             self._store = store
             self._recorder = recorder
             self._installation = installation
-            self._path = pathlib.Path(store.root)
+            self._path = store.root  # JAX's reset_cache() names it in a log line
 
         def _first_use(self) -> None:
             hook, self._installation.on_first_compile = self._installation.on_first_compile, None
@@ -433,15 +452,16 @@ def _reset_jax_cache(seam: _Seam) -> None:
 
 
 def _register_listeners(jax: ModuleType, installation: Installation, recorder: Recorder) -> None:
+    """Step 5: the recorder hears JAX's monitoring events."""
     monitoring = jax.monitoring
     monitoring.register_event_listener(recorder.on_event)
     monitoring.register_event_duration_secs_listener(recorder.on_duration)
     unregister_event = getattr(monitoring, "unregister_event_listener", None)
     unregister_duration = getattr(monitoring, "unregister_event_duration_listener", None)
     if unregister_event is not None:
-        installation._undo.append(lambda: unregister_event(recorder.on_event))
+        installation.add_undo(lambda: unregister_event(recorder.on_event))
     if unregister_duration is not None:
-        installation._undo.append(lambda: unregister_duration(recorder.on_duration))
+        installation.add_undo(lambda: unregister_duration(recorder.on_duration))
 
 
 @contextmanager
