@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-MARKER = "jax_errors"
-XDIST_GROUP = "jax_errors"
+from pytest_jaxcache.markers import ERRORS
+
+XDIST_GROUP = ERRORS
 
 
 def is_marked(item: pytest.Item) -> bool:
-    return item.get_closest_marker(MARKER) is not None
+    return item.get_closest_marker(ERRORS) is not None
 
 
 def run_marked_last(items: list[pytest.Item]) -> None:
