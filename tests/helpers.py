@@ -1,26 +1,134 @@
-"""Names the test modules import (fixtures live in conftest.py)."""
+"""What the tests share: the one way to start a child pytest session (or any child
+process), the one environment policy for children, and small file helpers.
+
+Every session that uses the plugin runs in a fresh interpreter: JAX's cache
+configuration is process-global.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple, Protocol
 
 import pytest
 
-RunJax = Callable[..., tuple[pytest.RunResult, dict[str, Any]]]
+PROJECT = Path(__file__).resolve().parent.parent
 
 # Plugins that a development machine may have and these sessions do not use: off, so that
 # each child session starts in about half the time (no-ops where they are not installed).
-UNRELATED_PLUGINS = ("-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:jaxtyping")
+UNRELATED_PLUGINS = (
+    "-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+    "-p", "no:benchmark", "-p", "no:jaxtyping",
+)  # fmt: skip
+
+# Prefixes of variables that steer a child's cache, JAX, xdist or CI behaviour: a
+# developer's shell, an outer xdist worker or a CI runner must not leak them in.
+_STEERING = ("JAX_", "XLA_", "PYTEST_", "GITHUB_", "AWS_", "STORAGE_EMULATOR", "FSSPEC_", "GCSFS_")
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every child process: this one's without anything that steers
+    JAX, the cache, xdist or CI, on the CPU, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(_STEERING)}
+    env["JAX_PLATFORMS"] = "cpu"
+    env.update(extra or {})
+    return env
+
+
+def pytest_argv(*args: str, python: str | os.PathLike[str] = sys.executable) -> list[str]:
+    """The command line of a child pytest session."""
+    return [str(python), "-m", "pytest", *UNRELATED_PLUGINS, *args]
+
+
+def run_command(
+    argv: Sequence[str | os.PathLike[str]],
+    cwd: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+) -> pytest.RunResult:
+    """Run any child process with :func:`child_env` (plus ``env``) and return its
+    outcome as pytest's ``RunResult``."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(part) for part in argv],
+        cwd=cwd,
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return pytest.RunResult(
+        done.returncode,
+        done.stdout.splitlines(),
+        done.stderr.splitlines(),
+        time.monotonic() - started,
+    )
+
+
+class Session(NamedTuple):
+    """A finished child pytest session and its JSON report (``{}`` when none); unpacks
+    as ``result, report``."""
+
+    result: pytest.RunResult
+    report: dict[str, Any]
+
+
+class RunJax(Protocol):
+    """The ``run_jax`` fixture: a child pytest session in ``pytester.path``."""
+
+    def __call__(
+        self, *args: str, timeout: float = ..., env: dict[str, str] | None = ...
+    ) -> Session: ...
+
+
+_reports = itertools.count()
+
+
+def run_session(
+    cwd: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+    python: str | os.PathLike[str] = sys.executable,
+    prefix: Sequence[str] = (),
+    report: bool = True,
+) -> Session:
+    """Run ``pytest *args`` in ``cwd``; with ``report``, ask for a JSON report (read back
+    into :attr:`Session.report`)."""
+    path = cwd / f"jaxcache-report-{os.getpid()}-{next(_reports)}.json"
+    extra = (f"--jax-cache-report={path}",) if report else ()
+    argv = [*prefix, *pytest_argv(*extra, *args, python=python)]
+    result = run_command(argv, cwd, env=env, timeout=timeout)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    return Session(result, data)
+
+
+def start_session(
+    cwd: Path, *args: str, output: IO[str], env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start ``pytest *args`` in ``cwd`` without waiting (concurrent sessions, kills);
+    its output goes to ``output``."""
+    return subprocess.Popen(
+        pytest_argv(*args),
+        cwd=cwd,
+        env=child_env(env),
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _jax_version() -> tuple[int, int]:
@@ -40,33 +148,12 @@ def entries(cache_dir: Path) -> list[Path]:
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
-def write_files(base: Path, files: dict[str, str]) -> None:
+def write_files(base: Path, files: Mapping[str, str]) -> None:
     """Write dedented ``files`` (paths relative to ``base``)."""
     for name, text in files.items():
         path = base / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text).lstrip())
-
-
-def child_env() -> dict[str, str]:
-    """This process's environment without anything that would steer a child's cache or
-    xdist (an outer xdist worker, a developer's JAX_* variables)."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("JAX_", "PYTEST_", "XLA_"))
-    }
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
-
-
-def pytest_command(*args: str) -> list[str]:
-    """A child pytest session, for tests that need ``subprocess`` rather than pytester
-    (concurrent sessions, module-scoped cold runs)."""
-    return [
-        sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
-        *UNRELATED_PLUGINS, *args,
-    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,28 +163,20 @@ class ColdCache:
     cache: Path
     report: dict[str, Any]
 
-    def copy_to(self, base: Path, files: dict[str, str]) -> Path:
+    def copy_to(self, base: Path, files: Mapping[str, str]) -> Path:
         """Write ``files`` and a copy of the cache (at ``base/cache``) into ``base``."""
         write_files(base, files)
-        shutil.copytree(self.cache, base / "cache")
+        shutil.copytree(self.cache, base / "cache", symlinks=True)
         return base / "cache"
 
 
-def cold_session(root: Path, files: dict[str, str], *args: str) -> ColdCache:
+def cold_session(root: Path, files: Mapping[str, str], *args: str) -> ColdCache:
     """Write ``files`` into ``root`` and run one session there with a cache at
     ``root/cache`` (the session must pass)."""
     write_files(root, files)
-    report = root / "report.json"
-    proc = subprocess.run(
-        pytest_command(*args, "--jax-cache-dir=cache", f"--jax-cache-report={report}"),
-        cwd=root,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return ColdCache(root / "cache", json.loads(report.read_text()))
+    result, report = run_session(root, *args, "--jax-cache-dir=cache")
+    assert result.ret == 0, "\n".join(result.outlines + result.errlines)
+    return ColdCache(root / "cache", report)
 
 
 def assert_all_hits(report: dict[str, Any]) -> None:

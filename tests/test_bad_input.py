@@ -6,19 +6,15 @@ sessions in subprocesses, real JAX on CPU."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import UNRELATED_PLUGINS, RunJax, entries
-
-PROJECT = Path(__file__).resolve().parents[1]
+from helpers import PROJECT, RunJax, entries, run_command, run_session
 
 SUITE = """
     import jax
@@ -53,86 +49,124 @@ def assert_clean_usage_error(result: pytest.RunResult, *fragments: str) -> None:
 # -- invalid values: usage errors ----------------------------------------------------------
 
 
+# id: (args, ini line, environment, what the message names)
+C = "--jax-cache-dir=c"
+MAX_ENV = "JAX_COMPILATION_CACHE_MAX_SIZE"
+INVALID = {
+    "cli-dir-file": (["--jax-cache-dir=afile"], "", {}, ["--jax-cache-dir", "not a directory"]),
+    "ini-dir-file": ([], "jax_cache_dir = afile", {}, ["ini jax_cache_dir", "not a directory"]),
+    "cli-min-compile-time": (
+        [C, "--jax-cache-min-compile-time=abc"],
+        "",
+        {},
+        ["--jax-cache-min-compile-time", "'abc'"],
+    ),
+    "ini-min-compile-time": (
+        [C],
+        "jax_cache_min_compile_time = abc",
+        {},
+        ["ini jax_cache_min_compile_time", "'abc'"],
+    ),
+    "env-min-compile-time": (
+        [C],
+        "",
+        {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "abc"},
+        ["env JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "'abc'"],
+    ),
+    "cli-negative-min-compile-time": (
+        [C, "--jax-cache-min-compile-time=-1"],
+        "",
+        {},
+        ["--jax-cache-min-compile-time", "at least 0"],
+    ),
+    "cli-max-size": ([C, "--jax-cache-max-size=lots"], "", {}, ["--jax-cache-max-size", "'lots'"]),
+    "cli-mode": (
+        [C, "--jax-cache-mode=sometimes"],
+        "",
+        {},
+        ["--jax-cache-mode", "readwrite, readonly", "'sometimes'"],
+    ),
+    "ini-strict-bool": (
+        [C],
+        "jax_cache_strict = maybe",
+        {},
+        ["ini jax_cache_strict", "true or false", "'maybe'"],
+    ),
+    "cli-xla-caches": (
+        [C, "--jax-cache-xla-caches=abc"],
+        "",
+        {},
+        ["--jax-cache-xla-caches", "'abc'"],
+    ),
+    "env-xla-caches": (
+        [C],
+        "",
+        {"JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES": "abc"},
+        ["env JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES", "'abc'"],
+    ),
+    "env-max-size": ([C], "", {MAX_ENV: "lots"}, [f"env {MAX_ENV}", "'lots'"]),
+    "env-max-size-under-cli": (
+        [C, "--jax-cache-max-size=1GB"],
+        "",
+        {MAX_ENV: "lots"},
+        [f"env {MAX_ENV}", "'lots'"],
+    ),
+}
+
+
 @pytest.mark.parametrize(
-    ("args", "ini", "env", "fragments"),
-    [
-        pytest.param(
-            ["--jax-cache-dir=afile"],
-            "",
-            {},
-            ["--jax-cache-dir", "not a directory"],
-            id="cli-dir-file",
-        ),
-        pytest.param(
-            [],
-            "jax_cache_dir = afile",
-            {},
-            ["ini jax_cache_dir", "not a directory"],
-            id="ini-dir-file",
-        ),
-        pytest.param(
-            ["--jax-cache-dir=c", "--jax-cache-min-compile-time=abc"],
-            "",
-            {},
-            ["--jax-cache-min-compile-time", "'abc'"],
-            id="cli-min-compile-time",
-        ),
-        pytest.param(
-            ["--jax-cache-dir=c"],
-            "jax_cache_min_compile_time = abc",
-            {},
-            ["ini jax_cache_min_compile_time", "'abc'"],
-            id="ini-min-compile-time",
-        ),
-        pytest.param(
-            ["--jax-cache-dir=c"],
-            "",
-            {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "abc"},
-            ["env JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "'abc'"],
-            id="env-min-compile-time",
-        ),
-        pytest.param(
-            ["--jax-cache-dir=c", "--jax-cache-min-compile-time=-1"],
-            "",
-            {},
-            ["--jax-cache-min-compile-time", "at least 0"],
-            id="cli-negative-min-compile-time",
-        ),
-        pytest.param(
-            ["--jax-cache-dir=c", "--jax-cache-max-size=lots"],
-            "",
-            {},
-            ["--jax-cache-max-size", "'lots'"],
-            id="cli-max-size",
-        ),
-        pytest.param(
-            ["--jax-cache-dir=c", "--jax-cache-mode=sometimes"],
-            "",
-            {},
-            ["--jax-cache-mode", "readwrite, readonly", "'sometimes'"],
-            id="cli-mode",
-        ),
-    ],
+    ("args", "ini", "env", "fragments"), list(INVALID.values()), ids=list(INVALID)
 )
 def test_invalid_value_is_a_usage_error_naming_its_source(
     pytester: pytest.Pytester,
     run_jax: RunJax,
-    clean_env: pytest.MonkeyPatch,
     args: list[str],
     ini: str,
     env: dict[str, str],
     fragments: list[str],
 ) -> None:
-    """Each invalid value stops pytest with exit code 4 and one message that names the
-    option, ini key or env variable it came from; no traceback, no test runs."""
-    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    """Each invalid value stops pytest at its start with exit code 4 and one message that
+    names the option, ini key or env variable it came from; no traceback, no test runs,
+    no cache directory is made."""
+    pytester.makepyfile(
+        test_plain="""
+        from pathlib import Path
+
+
+        def test_plain():
+            Path("ran").touch()
+        """
+    )
     (pytester.path / "afile").write_text("not a directory\n")
     pytester.makeini(f"[pytest]\n{ini}\n")
-    for name, value in env.items():
-        clean_env.setenv(name, value)
-    result, report = run_jax(*args)
+    result, report = run_jax(*args, env=env)
     assert_clean_usage_error(result, *fragments)
     assert report == {}
+    assert not (pytester.path / "ran").exists()
+    assert not (pytester.path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "max_size"),
+    [
+        pytest.param([], 500_000_000, id="env-only"),
+        pytest.param(["--jax-cache-max-size=2GB"], 2_000_000_000, id="cli-overrides"),
+    ],
+)
+def test_max_size_in_jax_variable_spelled_our_way(
+    pytester: pytest.Pytester, run_jax: RunJax, args: list[str], max_size: int
+) -> None:
+    """``JAX_COMPILATION_CACHE_MAX_SIZE=500MB`` (a size JAX itself would not parse) with a
+    cache dir: JAX imports fine, the suite is green and cached, and the cap is 500 MB
+    unless the command line sets another."""
+    pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
+    result, report = run_jax(
+        "--jax-cache-dir=cache", *args, env={"JAX_COMPILATION_CACHE_MAX_SIZE": "500MB"}
+    )
+    result.assert_outcomes(passed=N_SUITE)
+    assert report["cache"]["max_size_bytes"] == max_size
+    assert report["cache"]["notices"] == []
+    assert report["store"]["writes"] == len(entries(pytester.path / "cache")) > 0
 
 
 # -- directories that cannot be used: notices, tests pass ---------------------------------
@@ -174,14 +208,16 @@ def test_uncached_session_does_not_blame_tests(pytester: pytest.Pytester, run_ja
     assert not any("not marked" in line for line in result.outlines)
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("etils") is not None,
+    reason="etils is installed: JAX would really try the bucket",
+)
 def test_remote_dir_without_etils_runs_uncached_with_a_notice(
     pytester: pytest.Pytester, run_jax: RunJax
 ) -> None:
     """A ``gs://`` cache dir is left to JAX's own store, never turned into a local path;
-    without etils (not installed here) JAX could not use it, so the session runs
-    uncached with one notice saying so, green under ``-W error``, blaming no test."""
-    if importlib.util.find_spec("etils") is not None:
-        pytest.skip("etils is installed: JAX would really try the bucket")
+    without etils JAX could not use it, so the session runs uncached with one notice
+    saying so, green under ``-W error``, blaming no test."""
     pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
     result, report = run_jax("--jax-cache-dir=gs://no-such-bucket/jaxcache", "-W", "error")
     result.assert_outcomes(passed=N_SUITE)
@@ -220,7 +256,8 @@ def _set_tree_mode(root: Path, dirs: int, files: int) -> None:
         path.chmod(dirs if path.is_dir() else files)
 
 
-def _unprivileged_prefix(probe_dir: Path) -> list[str]:
+@pytest.fixture
+def unprivileged_prefix(tmp_path: Path) -> list[str]:
     """A command prefix under which file permissions apply to this process's children.
 
     As a normal user that is no prefix. As root (permissions ignored), drop the
@@ -236,21 +273,17 @@ def _unprivileged_prefix(probe_dir: Path) -> list[str]:
         pytest.skip("running as root, which ignores permissions, and setpriv is not installed")
     caps = "-dac_override,-dac_read_search"
     prefix = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    probe_dir = tmp_path / "probe"
     probe_dir.mkdir()
     probe_dir.chmod(0o555)
     try:
-        probe = subprocess.run(
-            [*prefix, sys.executable, "-c", f"open({str(probe_dir / 'x')!r}, 'w')"],
-            capture_output=True,
-            text=True,
-            check=False,
+        probe = run_command(
+            [*prefix, sys.executable, "-c", f"open({str(probe_dir / 'x')!r}, 'w')"], tmp_path
         )
     finally:
         probe_dir.chmod(0o755)
-    if probe.returncode == 0 or "PermissionError" not in probe.stderr:
-        pytest.skip(
-            f"cannot drop CAP_DAC_OVERRIDE with setpriv here: {probe.stderr.strip()[-300:]}"
-        )
+    if probe.ret == 0 or "PermissionError" not in probe.stderr.str():
+        pytest.skip(f"cannot drop CAP_DAC_OVERRIDE with setpriv here: {probe.stderr.str()[-300:]}")
     return prefix
 
 
@@ -267,11 +300,11 @@ def test_unwritable_dir_is_used_read_only(
     pytester: pytest.Pytester,
     run_jax: RunJax,
     readonly_tree: list[Path],
+    unprivileged_prefix: list[str],
 ) -> None:
     """A filled cache dir the user may read but not write: the suite passes, every
     program is served from the cache, nothing is written, and the header and the
     report say the cache is used read-only."""
-    prefix = _unprivileged_prefix(pytester.path / "probe")
     pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
     cache = pytester.path / "cache"
     result, cold = run_jax(f"--jax-cache-dir={cache}")
@@ -281,22 +314,13 @@ def test_unwritable_dir_is_used_read_only(
 
     readonly_tree.append(cache)
     _set_tree_mode(cache, 0o555, 0o444)
-    report_path = pytester.path / "readonly-report.json"
-    result = pytester.run(
-        *prefix,
-        sys.executable,
-        "-m",
-        "pytest",
+    result, report = run_session(
+        pytester.path,
         f"--basetemp={pytester.path / 'basetemp-ro'}",
-        "-p",
-        "no:cacheprovider",
-        *UNRELATED_PLUGINS,
         f"--jax-cache-dir={cache}",
-        f"--jax-cache-report={report_path}",
-        timeout=300,
+        prefix=unprivileged_prefix,
     )
     result.assert_outcomes(passed=N_SUITE)
-    report = json.loads(report_path.read_text())
     assert report["cache"]["mode"] == "readonly"
     notices = report["cache"]["notices"]
     assert len(notices) == 1 and notices[0].startswith(f"{cache} is not writable"), notices
@@ -318,7 +342,8 @@ def test_unwritable_dir_is_used_read_only(
 @pytest.fixture(scope="session")
 def python_without_jax(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The interpreter of a fresh venv (no system site packages) with pytest, filelock
-    and this project installed, and no JAX. Built once per session."""
+    and this project installed, and no JAX. Built once per session; skips when it
+    cannot be built here (no venv module, no package index)."""
     root = tmp_path_factory.mktemp("nojax")
     source = root / "src"
     source.mkdir()
@@ -330,45 +355,45 @@ def python_without_jax(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ignore=shutil.ignore_patterns("__pycache__"),
     )
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
     python = venv / "bin" / "python"
-    for command in (
-        ["install", "--quiet", "pytest", "filelock"],
-        ["install", "--quiet", "--no-deps", str(source)],
-    ):
-        done = subprocess.run(
-            [str(python), "-m", "pip", *command], capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            pytest.skip(
-                f"cannot build a venv without JAX: pip {' '.join(command)}: {done.stderr[-500:]}"
-            )
-    check = subprocess.run(
-        [str(python), "-c", "import importlib.util as u; print(u.find_spec('jax') is None)"],
-        capture_output=True,
-        text=True,
-        check=True,
+    steps: list[list[str | os.PathLike[str]]] = [
+        [sys.executable, "-m", "venv", str(venv)],
+        [python, "-m", "pip", "install", "--quiet", "pytest", "filelock"],
+        [python, "-m", "pip", "install", "--quiet", "--no-deps", source],
+    ]
+    for argv in steps:
+        done = run_command(argv, root, timeout=600)
+        if done.ret != 0:
+            command = " ".join(str(part) for part in argv)
+            pytest.skip(f"cannot build a venv without JAX: {command}: {done.stderr.str()[-500:]}")
+    check = run_command(
+        [python, "-c", "import importlib.util as u; print(u.find_spec('jax') is None)"], root
     )
-    assert check.stdout.strip() == "True", "the venv can import jax"
+    assert check.outlines == ["True"], "the venv can import jax"
     return python
 
 
 @pytest.mark.slow
-def test_missing_jax(
-    pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, python_without_jax: Path
-) -> None:
+def test_missing_jax(pytester: pytest.Pytester, python_without_jax: Path) -> None:
     """Without JAX the plugin stays out of the way of a plain suite; asked for a cache,
     it stops with one clear usage error saying JAX is not installed."""
     pytester.makepyfile(test_plain="def test_plain():\n    assert 1 + 1 == 2\n")
-    base = ("-m", "pytest", "-p", "no:cacheprovider")
 
-    result = pytester.run(python_without_jax, *base, f"--basetemp={pytester.path / 't1'}")
+    result, report = run_session(
+        pytester.path, f"--basetemp={pytester.path / 't1'}", python=python_without_jax
+    )
     result.assert_outcomes(passed=1)
+    assert report == {}
     plugins = [line for line in result.outlines if line.startswith("plugins:")]
     assert plugins and "jaxcache" in plugins[0], result.outlines
 
-    result = pytester.run(
-        python_without_jax, *base, f"--basetemp={pytester.path / 't2'}", "--jax-cache-dir=cache"
+    result, report = run_session(
+        pytester.path,
+        f"--basetemp={pytester.path / 't2'}",
+        "--jax-cache-dir=cache",
+        python=python_without_jax,
     )
     assert_clean_usage_error(result, "--jax-cache-dir", "JAX is not installed")
     assert (result.stdout.str() + result.stderr.str()).count("JAX is not installed") == 1
+    assert report == {}
+    assert not (pytester.path / "cache").exists()

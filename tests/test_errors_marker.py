@@ -18,7 +18,7 @@ from helpers import CALLBACKS_CACHED, RunJax, entries, write_files
 
 def verbose_order(result: pytest.RunResult) -> list[str]:
     """Nodeids in the order ``-v`` (without xdist) reported them as passed."""
-    order = []
+    order: list[str] = []
     for line in result.outlines:
         match = re.match(r"^(\S+::\S+) PASSED", line)
         if match:
@@ -111,14 +111,16 @@ CALLBACK_NAMES = [
 ]
 
 
-def test_host_callbacks_are_found_uncachable_marked_or_not(
+UNMARKED = {f"test_unmarked.py::test_callback[{n}]": f"jit({n})" for n in CALLBACK_NAMES}
+MARKED = {f"test_marked.py::test_callback[{n}]": f"jit({n})" for n in CALLBACK_NAMES}
+
+
+def _callback_session(
     pytester: pytest.Pytester, run_jax: RunJax
-) -> None:
-    """jax.debug.callback, jax.debug.print, io_callback, pure_callback and equinox.error_if:
-    in an unmarked test each is listed as uncachable with its program and a 'not marked'
-    hint; the same tests under a module-level ``pytestmark`` are listed as marked and stay
-    out of the cachable counts. A marked test with only cachable programs is listed as a
-    marker that may be unneeded."""
+) -> tuple[pytest.RunResult, dict[str, Any]]:
+    """Every kind of host callback, in unmarked tests and in marked ones; the partition
+    between cachable and errors counts follows the marker, whatever JAX does with
+    callbacks."""
     write_files(
         pytester.path,
         {
@@ -129,24 +131,35 @@ def test_host_callbacks_are_found_uncachable_marked_or_not(
     )
     result, report = run_jax(f"--jax-cache-dir={pytester.path / 'cache'}")
     result.assert_outcomes(passed=12)
-
-    unmarked = {f"test_unmarked.py::test_callback[{n}]": f"jit({n})" for n in CALLBACK_NAMES}
-    marked = {f"test_marked.py::test_callback[{n}]": f"jit({n})" for n in CALLBACK_NAMES}
-
-    # The partition between cachable and errors counts follows the marker, whatever
-    # JAX does with callbacks.
     for group, is_marked in ((report["cachable"], False), (report["errors"], True)):
         counts = outcome_counts(report, marked=is_marked)
         assert group["hits"] == counts["hit"], (group, counts)
         assert group["misses"] == counts["miss"], (group, counts)
         assert group["uncachable"] == counts["uncachable"], (group, counts)
     assert report["errors"]["requests"] == 6  # one program per marked test
+    return result, report
 
-    if CALLBACKS_CACHED:  # JAX 0.11+: callbacks are cached, so nothing is uncachable
-        assert report["uncachable_tests"] == []
-        assert set(report["unneeded_markers"]) == {*marked, "test_marked.py::test_plain"}
-        return
 
+@pytest.mark.skipif(not CALLBACKS_CACHED, reason="JAX <= 0.10 never writes host callbacks")
+def test_host_callbacks_are_cached_by_jax_0_11(pytester: pytest.Pytester, run_jax: RunJax) -> None:
+    """JAX 0.11+ caches programs with host callbacks: nothing is uncachable, and every
+    marked test (its programs all cachable) is listed as a marker that may be unneeded."""
+    _, report = _callback_session(pytester, run_jax)
+    assert report["uncachable_tests"] == []
+    assert set(report["unneeded_markers"]) == {*MARKED, "test_marked.py::test_plain"}
+
+
+@pytest.mark.skipif(CALLBACKS_CACHED, reason="JAX 0.11+ caches host callbacks")
+def test_host_callbacks_are_found_uncachable_marked_or_not(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """jax.debug.callback, jax.debug.print, io_callback, pure_callback and equinox.error_if:
+    in an unmarked test each is listed as uncachable with its program and a 'not marked'
+    hint; the same tests under a module-level ``pytestmark`` are listed as marked and stay
+    out of the cachable counts. A marked test with only cachable programs is listed as a
+    marker that may be unneeded."""
+    result, report = _callback_session(pytester, run_jax)
+    unmarked, marked = UNMARKED, MARKED
     listed = {t["nodeid"]: t for t in report["uncachable_tests"]}
     assert set(listed) == set(unmarked) | set(marked), listed
     for nodeid, program in unmarked.items():
@@ -409,19 +422,24 @@ def check_switching(logs: dict[str, list[tuple[str, ...]]]) -> None:
     assert sorted(names) == sorted(TORAX_UNMARKED + TORAX_MARKED)
 
 
-def check_torax_report(report: dict[str, Any], *, warm: bool) -> None:
-    """Unmarked tests compiled only cachable programs (all hits when ``warm``)."""
+def check_torax_report(report: dict[str, Any]) -> None:
+    """Unmarked tests compiled only cachable programs; up to JAX 0.10, the program
+    traced with checks on is uncachable."""
     assert unmarked_uncachable(report) == []
     cachable = report["cachable"]
     assert cachable["uncachable"] == 0, cachable
-    if warm:
-        assert cachable["requests"] > 0, cachable
-        assert cachable["misses"] == 0, cachable
-        assert cachable["hit_rate"] == 1.0, cachable
-    if not CALLBACKS_CACHED:  # JAX <= 0.10: the program traced with checks is uncachable
-        assert report["errors"]["uncachable"] >= 1, report["errors"]
-        programs = [p for t in report["uncachable_tests"] for p in t["programs"]]
-        assert "jit(step)" in programs
+    assert (report["errors"]["uncachable"] >= 1) is not CALLBACKS_CACHED, report["errors"]
+    programs = [p for t in report["uncachable_tests"] for p in t["programs"]]
+    assert ("jit(step)" in programs) is not CALLBACKS_CACHED, programs
+
+
+def check_torax_warm(report: dict[str, Any]) -> None:
+    """A warm run: :func:`check_torax_report`, and unmarked tests' programs all hit."""
+    check_torax_report(report)
+    cachable = report["cachable"]
+    assert cachable["requests"] > 0, cachable
+    assert cachable["misses"] == 0, cachable
+    assert cachable["hit_rate"] == 1.0, cachable
 
 
 def test_torax_style_switch_never_leaks_programs_between_settings(
@@ -445,13 +463,13 @@ def test_torax_style_switch_never_leaks_programs_between_settings(
         *TORAX_MARKED,
     ]
     assert [line[1] for line in logs["main"] if line[0] == "switch"] == ["0", "1"]
-    check_torax_report(cold, warm=False)
+    check_torax_report(cold)
     assert cold["cachable"]["misses"] >= 1  # the unchecked step was written
 
     result, warm = run_jax(cache, "-p", "no:xdist")
     result.assert_outcomes(passed=n_tests)
     check_switching(read_logs(pytester.path))
-    check_torax_report(warm, warm=True)
+    check_torax_warm(warm)
 
     result, grouped = run_jax(cache, "-n", "2", "--dist", "loadgroup", "-v")
     result.assert_outcomes(passed=n_tests)
@@ -465,12 +483,12 @@ def test_torax_style_switch_never_leaks_programs_between_settings(
         result.stdout.fnmatch_lines([f"*PASSED test_torax.py::test_{name}@jax_errors*"])
     marked_ids = [t["nodeid"] for t in grouped["tests"] if "jax_errors" in t["markers"]]
     assert marked_ids and all(n.endswith("@jax_errors") for n in marked_ids), marked_ids
-    check_torax_report(grouped, warm=True)
+    check_torax_warm(grouped)
 
     result, loaded = run_jax(cache, "-n", "2", "--dist", "load")
     result.assert_outcomes(passed=n_tests)
     check_switching(read_logs(pytester.path))
-    check_torax_report(loaded, warm=True)
+    check_torax_warm(loaded)
 
 
 # -- 4: an equinox-style switch ------------------------------------------------------------
@@ -557,9 +575,9 @@ def test_equinox_style_switch_raise_when_marked_nan_otherwise(
         c for c in report["compiles"] if c["name"] == "jit(safe_log)" and "::test_u" in c["test"]
     ]
     assert [c["outcome"] for c in unmarked_programs] == ["miss"]
-    if not CALLBACKS_CACHED:  # JAX <= 0.10: the checked program is uncachable
-        assert [t["nodeid"] for t in report["uncachable_tests"]] == ["test_eqx.py::test_m1"]
-        assert report["uncachable_tests"][0]["programs"] == ["jit(safe_log)"]
+    # JAX <= 0.10: the checked program is uncachable; 0.11+ caches it.
+    uncachable = [(t["nodeid"], t["programs"]) for t in report["uncachable_tests"]]
+    assert uncachable == ([] if CALLBACKS_CACHED else [("test_eqx.py::test_m1", ["jit(safe_log)"])])
 
 
 # -- 5: --jax-cache-strict -----------------------------------------------------------------
@@ -600,9 +618,16 @@ def test_strict_fails_the_session_on_unmarked_uncachable_tests(
     result, report = run_jax(cache, "--jax-cache-strict", "test_unmarked_cb.py")
     result.assert_outcomes(passed=1)
     assert result.ret == expected
-    if not CALLBACKS_CACHED:
-        assert unmarked_uncachable(report) == ["test_unmarked_cb.py::test_callback"]
-        result.stdout.fnmatch_lines(["--jax-cache-strict: 1 tests not marked jax_errors*"])
+    failing = [] if CALLBACKS_CACHED else ["test_unmarked_cb.py::test_callback"]
+    assert unmarked_uncachable(report) == failing
+    strict_lines = [line for line in result.outlines if line.startswith("--jax-cache-strict: ")]
+    assert (
+        strict_lines
+        == [
+            f"--jax-cache-strict: {len(failing)} tests not marked jax_errors compiled uncachable "
+            "programs: failing the session"
+        ][: len(failing)]
+    )
 
     result, report = run_jax(cache, "--jax-cache-strict", "test_marked_cb.py")
     result.assert_outcomes(passed=1)

@@ -9,7 +9,7 @@ warm session only.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +108,6 @@ def test_same_program(n, all_workers_ready):
 """,
 }
 
-# Sessions this file starts itself turn off the same unrelated plugins as run_jax
-# (their imports cost a second per process; pytest-benchmark warns under xdist).
-
 _VERBOSE_XDIST = re.compile(r"^\[(gw\d+)\] \[\s*\d+%\] (PASSED|FAILED|ERROR|SKIPPED) (\S+)")
 _VERBOSE_LOCAL = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED)")
 
@@ -120,7 +117,7 @@ _VERBOSE_LOCAL = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED)")
 
 def outcomes_by_worker(lines: Iterable[str]) -> dict[str, tuple[str, str]]:
     """nodeid -> (worker, outcome) from ``-v`` output ("" for the worker without xdist)."""
-    found = {}
+    found: dict[str, tuple[str, str]] = {}
     for line in lines:
         match = _VERBOSE_XDIST.match(line)
         if match:
@@ -201,18 +198,18 @@ def test_report_merges_every_worker(run_jax: RunJax, warm_dir: Path) -> None:
 # -- single flight -------------------------------------------------------------------------
 
 
-def test_single_flight_across_workers(
-    run_jax: RunJax, pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch
-) -> None:
+def test_single_flight_across_workers(run_jax: RunJax, pytester: pytest.Pytester) -> None:
     """Cold ``-n 2 --dist load``, six tests, one program: it is compiled by exactly one
     worker; the other waits for the entry instead of compiling it too, and the report's
     hit/wait figures add up. Retried on a fresh cache (at most 3 times) until the workers'
     lookups really overlapped; the no-duplicate check holds on every attempt."""
     write_files(pytester.path, SINGLE_FLIGHT)
-    contended = False
+    contended: list[dict[str, Any]] = []
     for attempt in range(3):
-        clean_env.setenv("JAXCACHE_TEST_BARRIER", str(pytester.path / f"barrier{attempt}"))
-        result, report = run_jax("-n", "2", "--dist", "load", f"--jax-cache-dir=c{attempt}")
+        barrier = {"JAXCACHE_TEST_BARRIER": str(pytester.path / f"barrier{attempt}")}
+        result, report = run_jax(
+            "-n", "2", "--dist", "load", f"--jax-cache-dir=c{attempt}", env=barrier
+        )
         assert result.ret == 0
         result.assert_outcomes(passed=6)
 
@@ -238,30 +235,51 @@ def test_single_flight_across_workers(
         assert set(workers) == {"gw0", "gw1"}
         for name in ("hits", "waited_hits", "lock_waits", "writes"):
             assert sum(w["store"][name] for w in workers.values()) == store[name]
-        if store["lock_waits"]:
-            # the waiting worker got the other's entry: a hit, never a second compile
-            assert store["waited_hits"] == store["lock_waits"]
-            contended = True
+        if store["lock_waits"]:  # the lookups overlapped: no need to try again
+            contended.append(store)
             break
     assert contended, "the two workers' first lookups never overlapped in 3 attempts"
+    # the waiting worker got the other's entry: a hit, never a second compile
+    assert contended[0]["waited_hits"] == contended[0]["lock_waits"] > 0
 
 
 # -- every way of running pytest -----------------------------------------------------------
 
 
+def _test(nodeid: str) -> str:
+    return nodeid
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def _group(nodeid: str) -> str:
+    """xdist appends "@<group>" to the ids of tests in an xdist_group."""
+    return "beta" if nodeid.endswith("@beta") else nodeid
+
+
 @pytest.mark.parametrize(
-    "args",
+    "args, workers, unit, largest_unit",
     [
-        pytest.param(("-n", "0"), id="n0"),
-        pytest.param(("-p", "no:xdist"), id="no-xdist"),
-        pytest.param(("-n", "2", "--dist", "loadgroup"), id="loadgroup"),
-        pytest.param(("-n", "2", "--dist", "loadfile"), id="loadfile"),
-        pytest.param(("-n", "2", "--dist", "worksteal"), id="worksteal"),
+        pytest.param(("-n", "0"), {""}, _test, 1, id="n0"),
+        pytest.param(("-p", "no:xdist"), {""}, _test, 1, id="no-xdist"),
+        pytest.param(("-n", "2", "--dist", "loadgroup"), {"gw0", "gw1"}, _group, 4, id="loadgroup"),
+        pytest.param(("-n", "2", "--dist", "loadfile"), {"gw0", "gw1"}, _module, 4, id="loadfile"),
+        pytest.param(("-n", "2", "--dist", "worksteal"), {"gw0", "gw1"}, _test, 1, id="worksteal"),
     ],
 )  # --dist load: test_report_merges_every_worker
-def test_warm_run_hits_everything(run_jax: RunJax, warm_dir: Path, args: tuple[str, ...]) -> None:
+def test_warm_run_hits_everything(
+    run_jax: RunJax,
+    warm_dir: Path,
+    args: tuple[str, ...],
+    workers: set[str],
+    unit: Callable[[str], str],
+    largest_unit: int,
+) -> None:
     """After the shared cold run, each way of running the suite hits every program, and
-    the report carries every test under the worker that ran it."""
+    the report carries every test under the worker that ran it; what the distribution
+    mode keeps together (a group, a module) ran on one worker."""
     result, report = run_jax(*args, "-v", "--jax-cache-dir=cache")
     assert result.ret == 0
     result.assert_outcomes(passed=len(SUITE_TESTS))
@@ -273,18 +291,15 @@ def test_warm_run_hits_everything(run_jax: RunJax, warm_dir: Path, args: tuple[s
     reported = {t["nodeid"]: t["worker"] for t in report["tests"]}
     assert reported == {nodeid: worker for nodeid, (worker, _) in ran.items()}
     assert len(reported) == len(SUITE_TESTS)
-    xdist = "-n" in args and args[args.index("-n") + 1] != "0"
-    if xdist:
-        assert set(report["workers"]) == {"gw0", "gw1"}
-        assert set(reported.values()) <= {"gw0", "gw1"}
-    else:
-        assert report["workers"] == {} and set(reported.values()) == {""}
-    if "loadgroup" in args:  # the xdist_group ran on one worker (nodeids gain "@beta")
-        group = {w for nodeid, w in reported.items() if nodeid.endswith("@beta")}
-        assert len(group) == 1
-    if "loadfile" in args:  # each module on one worker
-        for module in ("test_alpha.py", "test_beta.py"):
-            assert len({w for n, w in reported.items() if n.startswith(module)}) == 1
+    assert set(reported.values()) <= workers
+    assert set(report["workers"]) == workers - {""}
+
+    placed: dict[str, set[str]] = {}
+    for nodeid, worker in reported.items():
+        placed.setdefault(unit(nodeid), set()).add(worker)
+    assert all(len(on) == 1 for on in placed.values()), placed
+    sizes = [sum(unit(n) == name for n in reported) for name in placed]
+    assert max(sizes) == largest_unit
 
 
 FAILING = {
@@ -296,39 +311,45 @@ def test_fails():
 ALPHA_TESTS = {n for n in SUITE_TESTS if n.startswith("test_alpha.py")}
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        pytest.param(("-n", "2", "-x"), id="x-n2"),
-        pytest.param(("-n", "0", "--maxfail=1"), id="maxfail-n0"),
-    ],
-)
-def test_early_stop_still_reports(
-    run_jax: RunJax, pytester: pytest.Pytester, warm_dir: Path, args: tuple[str, ...]
-) -> None:
-    """``-x``/``--maxfail=1`` with a failing test between the suite's two modules: the
-    session stops early, the report is still written with what ran (under the worker
-    that ran it), and nothing in the plugin breaks."""
+def _early_stop(
+    run_jax: RunJax, pytester: pytest.Pytester, *args: str
+) -> tuple[dict[str, tuple[str, str]], dict[str, str], dict[str, Any]]:
+    """Run the warm suite with a failing test between its two modules; return what ran
+    (nodeid -> worker, outcome), what the report holds (nodeid -> worker), and the report."""
     write_files(pytester.path, FAILING)
     result, report = run_jax(*args, "-v", "--jax-cache-dir=cache")
     assert result.ret in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED)
     assert result.parseoutcomes()["failed"] == 1
     assert report, "no JSON report after an early stop"
     assert_clean_output(result.stdout.str())
-
     ran = outcomes_by_worker(result.outlines)
     assert ran["test_b_fail.py::test_fails"][1] == "FAILED"
-    passed = {n for n, (_, outcome) in ran.items() if outcome == "PASSED"}
-    reported = {t["nodeid"]: t["worker"] for t in report["tests"]}
-    assert set(reported) == passed  # every passing test compiled one program
-    for nodeid, worker in reported.items():
-        assert ran[nodeid][0] == worker
     assert report["lost_workers"] == []
-    if "-n" in args and args[args.index("-n") + 1] == "0":
-        # in order: test_alpha.py ran, test_b_fail.py stopped the session before test_beta.py
-        assert passed == ALPHA_TESTS
-    if passed:
-        assert_every_compile_hit(report)
+    return ran, {t["nodeid"]: t["worker"] for t in report["tests"]}, report
+
+
+def test_maxfail_stops_in_order_and_still_reports(
+    run_jax: RunJax, pytester: pytest.Pytester, warm_dir: Path
+) -> None:
+    """``-n 0 --maxfail=1``: test_alpha.py ran, test_b_fail.py stopped the session
+    before test_beta.py, and the report holds exactly what ran, all of it hits."""
+    ran, reported, report = _early_stop(run_jax, pytester, "-n", "0", "--maxfail=1")
+    passed = {n for n, (_, outcome) in ran.items() if outcome == "PASSED"}
+    assert passed == ALPHA_TESTS
+    assert reported == {n: "" for n in passed}
+    assert_every_compile_hit(report)
+
+
+def test_x_under_xdist_still_reports(
+    run_jax: RunJax, pytester: pytest.Pytester, warm_dir: Path
+) -> None:
+    """``-n 2 -x``: the session stops early; the report is still written with what
+    passed (whatever the workers got to), each under the worker that ran it, and no
+    program of theirs compiled."""
+    ran, reported, report = _early_stop(run_jax, pytester, "-n", "2", "-x")
+    passed = {n: w for n, (w, outcome) in ran.items() if outcome == "PASSED"}
+    assert reported == passed  # every passing test compiled one program
+    assert all(c["outcome"] == "hit" for c in report["compiles"]), report["compiles"]
 
 
 INTERRUPT = {
@@ -397,5 +418,4 @@ def test_crashed_worker_is_named(
     survivors = {n: w for n, (w, o) in ran.items() if o == "PASSED" and w != crashed}
     reported = {t["nodeid"]: t["worker"] for t in report["tests"]}
     assert reported == survivors
-    if reported:
-        assert_every_compile_hit(report)
+    assert all(c["outcome"] == "hit" for c in report["compiles"]), report["compiles"]
