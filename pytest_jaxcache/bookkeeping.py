@@ -5,6 +5,7 @@ Layout::
 
     sessions.json                start times of recent sessions that ran maintenance
     fingerprints/<id>.json       one session fingerprint, named by the id entries carry
+    machines/<namespace>.json    what defines a machine namespace (trust.machine_of)
 
 Every read is capped and every parse is guarded: a garbage or huge file reads as empty
 and is replaced on the next write, never a crash.
@@ -13,16 +14,20 @@ and is replaced on the next write, never a crash.
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from pytest_jaxcache.cachedir import CacheDir
 
 SESSIONS = "sessions.json"
 FINGERPRINTS = "fingerprints"
+MACHINES = "machines"
 SESSIONS_KEPT = 1000
 _MAX_SESSIONS_BYTES = 64 * SESSIONS_KEPT
 _MAX_FINGERPRINT_BYTES = 64 * 1024
+_ID = re.compile(r"[0-9a-f]{1,64}")
 
 
 def read_json(directory: CacheDir, sub: str, name: str, limit: int) -> Any:
@@ -64,15 +69,27 @@ class Bookkeeping:
 
     # -- fingerprints -------------------------------------------------------------------------
 
-    def save_fingerprint(self, fingerprint_id: bytes, fingerprint: dict[str, str]) -> None:
-        name = f"{fingerprint_id.hex()}.json"
-        if not self.directory.exists(FINGERPRINTS, name):
-            data = json.dumps(fingerprint, sort_keys=True).encode()
-            self.directory.write_atomic(FINGERPRINTS, name, data)
+    def _save(self, sub: str, name: str, facts: Mapping[str, str]) -> None:
+        if not self.directory.exists(sub, f"{name}.json"):
+            data = json.dumps(dict(facts), sort_keys=True).encode()
+            self.directory.write_atomic(sub, f"{name}.json", data)
 
-    def load_fingerprint(self, fingerprint_id: bytes) -> dict[str, str] | None:
-        name = f"{fingerprint_id.hex()}.json"
-        data = read_json(self.directory, FINGERPRINTS, name, _MAX_FINGERPRINT_BYTES)
+    def _load(self, sub: str, name: str) -> dict[str, str] | None:
+        if not _ID.fullmatch(name):
+            return None
+        data = read_json(self.directory, sub, f"{name}.json", _MAX_FINGERPRINT_BYTES)
         if not isinstance(data, dict):
             return None
         return {str(k): str(v) for k, v in data.items()}
+
+    def save_fingerprint(self, fingerprint_id: str, fingerprint: Mapping[str, str]) -> None:
+        self._save(FINGERPRINTS, fingerprint_id, fingerprint)
+
+    def load_fingerprint(self, fingerprint_id: str) -> dict[str, str] | None:
+        return self._load(FINGERPRINTS, fingerprint_id)
+
+    def save_machine(self, namespace: str, facts: Mapping[str, str]) -> None:
+        self._save(MACHINES, namespace, facts)
+
+    def load_machine(self, namespace: str) -> dict[str, str] | None:
+        return self._load(MACHINES, namespace)
