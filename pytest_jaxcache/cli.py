@@ -12,11 +12,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_jaxcache import keys, settings
+from pytest_jaxcache import keys, ownership, settings
 from pytest_jaxcache.bookkeeping import Bookkeeping
-from pytest_jaxcache.maintenance import Maintenance
+from pytest_jaxcache.cachedir import CacheDir
+from pytest_jaxcache.maintenance import ENTRY, OLD, Maintenance, usage_of
 from pytest_jaxcache.settings import format_size
-from pytest_jaxcache.store import ENTRIES, Store
 
 PROG = "jaxcache"
 
@@ -38,24 +38,43 @@ def _argument(option: settings.Option[Any]) -> Callable[[str], Any]:
     return parse
 
 
-def _store(path: str) -> Store:
+def _cache(path: str) -> CacheDir:
+    """An existing cache directory (never adopted, created or tagged here)."""
     root = Path(path)
-    store = Store(root)
-    if not store.directory.has(ENTRIES):
-        raise CliError(f"{root} is not a pytest-jaxcache cache directory")
-    return store
+    try:
+        directory = ownership.adopt(root, readonly=True)
+    except ownership.NotOurs as error:
+        raise CliError(str(error)) from None
+    except OSError as error:
+        raise CliError(f"{root}: {error.strerror or error}") from None
+    odd = ownership.odd_layout(directory)
+    if odd:
+        raise CliError(f"{root} cannot be used: {'; '.join(odd)}")
+    return directory
 
 
 def show(args: argparse.Namespace) -> None:
-    store = _store(args.dir)
-    usage = Maintenance(store.directory).usage()
-    sessions = Bookkeeping(store.directory).sessions()
-    print(f"cache:    {store.root}")
+    directory = _cache(args.dir)
+    items = Maintenance(directory).inventory()
+    usage = usage_of(items)
+    sessions = Bookkeeping(directory).sessions()
+    print(f"cache:    {directory.root}")
     print(f"entries:  {usage.entries} ({format_size(usage.bytes)})")
+    machines = Counter(item.machine for item in items if item.kind == ENTRY)
+    if len(machines) > 1:
+        print(f"machines: {len(machines)} ({', '.join(f'{n} entries' for n in machines.values())})")
+    old = sum(item.kind == OLD for item in items)
+    if old:
+        print(f"older layout: {old} entries, never loaded (evicted first)")
+    if usage.jax_files:
+        print(
+            f"JAX's own store: {usage.jax_files} files ({format_size(usage.jax_bytes)}), "
+            "not loaded (evicted first)"
+        )
     if sessions:
         last = time.strftime("%Y-%m-%d %H:%M", time.localtime(sessions[-1]))
         print(f"sessions: {len(sessions)} recorded, last started {last}")
-    programs = Counter(keys.program_name(name) for name in store.entry_names())
+    programs = Counter(keys.program_name(item.name) for item in items if item.kind == ENTRY)
     if programs:
         print("programs with most entries:")
         for name, count in programs.most_common(10):
@@ -63,8 +82,7 @@ def show(args: argparse.Namespace) -> None:
 
 
 def prune(args: argparse.Namespace) -> None:
-    store = _store(args.dir)
-    maintenance = Maintenance(store.directory)
+    maintenance = Maintenance(_cache(args.dir))
     before = maintenance.usage()
     result = maintenance.maintain(
         max_size_bytes=args.max_size, prune_after_sessions=args.prune_after, session_start=None
@@ -79,8 +97,8 @@ def prune(args: argparse.Namespace) -> None:
 
 
 def clear(args: argparse.Namespace) -> None:
-    store = _store(args.dir)
-    print(f"removed {Maintenance(store.directory).clear()} entries from {store.root}")
+    directory = _cache(args.dir)
+    print(f"removed {Maintenance(directory).clear()} entries from {directory.root}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -138,4 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the directory changed under us: say so, plainly
+        print(
+            f"{PROG}: error: {error.filename or args.dir}: {error.strerror or error}",
+            file=sys.stderr,
+        )
+        return 1
     return 0

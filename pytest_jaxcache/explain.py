@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from pytest_jaxcache import keys
 from pytest_jaxcache.bookkeeping import Bookkeeping
-from pytest_jaxcache.entry import NO_FINGERPRINT
 from pytest_jaxcache.store import Store
 
 NEW_PROGRAM = "new program: no earlier session compiled it"
@@ -55,26 +54,34 @@ def describe_change(old: dict[str, str], new: dict[str, str]) -> str:
 
 
 def explain(
-    store: Store, missed: Iterable[str], *, before: float, current: dict[str, str]
+    store: Store,
+    missed: Iterable[str],
+    *,
+    before: float,
+    current: dict[str, str],
+    refused: dict[str, str] | None = None,
 ) -> list[Miss]:
-    """One :class:`Miss` per key, in key order."""
+    """One :class:`Miss` per key, in key order. A key whose entry was found and refused
+    (``refused``: key -> why) is explained by that."""
     wanted = set(missed)
-    if not wanted:  # a warm run: no directory scan
-        return []
-    earlier_of = store.earlier_headers_of(wanted, before)
+    refused = refused or {}
+    looked_up = wanted - set(refused)
+    earlier_of = store.earlier_entries(looked_up, before) if looked_up else {}
     misses = []
-    for key in sorted(earlier_of):
+    for key in sorted(wanted):
+        if key in refused:
+            misses.append(Miss(key, refused[key]))
+            continue
         earlier = earlier_of[key]
         if not earlier:
             misses.append(Miss(key, NEW_PROGRAM))
             continue
-        fingerprints = {header.fingerprint for _, header in earlier}
-        if fingerprints & {store.fingerprint, NO_FINGERPRINT}:
+        if {metadata.session for _, metadata in earlier} & {store.session, ""}:
             # Some earlier entry was written under this very environment: the program
             # itself changed, whatever other environments wrote since.
             misses.append(Miss(key, PROGRAM_CHANGED))
             continue
-        old = Bookkeeping(store.directory).load_fingerprint(earlier[0][1].fingerprint)
+        old = Bookkeeping(store.directory).load_fingerprint(earlier[0][1].session)
         reason = UNKNOWN_ENVIRONMENT if old is None else describe_change(old, current)
         misses.append(Miss(key, reason))
     return misses

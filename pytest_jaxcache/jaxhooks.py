@@ -19,6 +19,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import platform
 import sys
 import threading
 import time
@@ -429,8 +430,14 @@ def _adapter_class(interface: type) -> type:
 
         def get(self, key: str) -> bytes | None:
             self._first_use()
-            entry = self._store.get(key)
-            self._recorder.note_lookup(key, None if entry is None else entry.compile_secs)
+            found = self._store.get(key)
+            entry = found.entry
+            self._recorder.note_lookup(
+                key,
+                None if entry is None else entry.compile_secs,
+                refused=found.refused,
+                waited_secs=found.waited_secs,
+            )
             return None if entry is None else entry.payload
 
         def put(self, key: str, value: bytes) -> None:
@@ -499,13 +506,21 @@ def block_until_ready(value: Any) -> Any:
 
 
 def fingerprint() -> dict[str, str]:
-    """What goes into every cache key besides the program itself. Comparing two
-    sessions' fingerprints names why all of an earlier session's keys changed."""
+    """What this session's entries depend on besides the program: what goes into every
+    cache key (versions, XLA_FLAGS, key-relevant config, compression, backends) and what
+    the executables depend on that the key may not hold exactly (the jaxlib build, the
+    CPU). Comparing two sessions' fingerprints names why an earlier session's keys
+    changed; its machine part (trust.machine_of) names the entries' namespace; the CI
+    key (``jaxcache key``) is made from it."""
     from jax import config as jax_config
 
     result = {
         "jaxlib": version("jaxlib") or "?",
         "jax": version("jax") or "?",
+        "jaxlib build": _jaxlib_build(),
+        "python": platform.python_version(),
+        "os": platform.system(),
+        "machine": platform.machine(),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "LIBTPU_INIT_ARGS": os.environ.get("LIBTPU_INIT_ARGS", ""),
     }
@@ -522,6 +537,21 @@ def fingerprint() -> dict[str, str]:
         pass
     result.update(_backend_fingerprint())
     return result
+
+
+def _jaxlib_build() -> str:
+    """What tells one jaxlib build from another of the same version: its git revision
+    (absent from some wheels) and the version of its extension module."""
+    parts = []
+    with suppress(Exception):
+        from jaxlib import version as jaxlib_version
+
+        parts.append(str(getattr(jaxlib_version, "_git_hash", None) or "")[:12])
+    with suppress(Exception):
+        from jax._src import lib
+
+        parts.append(str(getattr(lib, "jaxlib_extension_version", "")))
+    return " ".join(part for part in parts if part) or "?"
 
 
 def _backend_fingerprint() -> dict[str, str]:

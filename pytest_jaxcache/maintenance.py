@@ -1,9 +1,11 @@
-"""Keeping a cache directory bounded: usage, eviction over the size cap (least recently
-used first), pruning of entries no recent session used, cleanup after killed writers.
+"""Keeping a cache directory bounded: usage, eviction over the size cap, pruning of
+entries no recent session used, cleanup after killed writers.
 
 It runs once per session, at its end, on the controller (or the only process), under
 ``maintenance.lock`` and only when there can be work; the command line runs it too.
-It deletes only names of the store's own patterns, in the store's own sub-directories.
+Over the cap, what can never be loaded here goes first (entries of another jax or jaxlib
+version, of an older layout, files of JAX's own store), then the least recently used.
+It deletes only names of the store's own patterns (and JAX's), never a link's target.
 Deleting an entry that a concurrent reader has just read is safe (the reader holds its
 bytes); files still being written live in ``tmp/`` and are left alone while young.
 """
@@ -14,12 +16,15 @@ import contextlib
 import re
 import stat
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from pytest_jaxcache import keys
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import TEMPORARY, TMP, CacheDir
-from pytest_jaxcache.store import ENTRIES, LOCKS
+from pytest_jaxcache.ownership import JAX_FILE
+from pytest_jaxcache.store import ENTRIES, LOCKS, NAMESPACE
 
 MAINTENANCE_LOCK = "maintenance.lock"
 STALE_TMP_SECS = 3600.0  # no write lasts this long
@@ -27,11 +32,33 @@ STALE_MARKER_SECS = 7 * 24 * 3600.0
 _LOCK_FILE = re.compile(keys.FILE_NAME.pattern + r"\.lock")
 _MARKER_FILE = re.compile(keys.FILE_NAME.pattern + r"\.nocache")
 
+ENTRY = "entry"  # ours, in a machine namespace
+OLD = "old"  # ours, of layout 1 (entries/<file>): never loaded
+JAX = "jax"  # JAX's own store (<key>-cache, <key>-atime): never loaded
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file that holds (part of) a compiled program."""
+
+    sub: str
+    name: str
+    size: int
+    mtime: float
+    kind: str
+    machine: str = ""  # the namespace of an ENTRY
+
+    @property
+    def counts_as_entry(self) -> bool:
+        return self.kind != JAX or self.name.endswith("-cache")
+
 
 @dataclass(frozen=True)
 class Usage:
     entries: int
     bytes: int
+    jax_files: int = 0  # of ``entries``: JAX's own store's, not loaded
+    jax_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,28 +68,57 @@ class MaintenanceResult:
     evicted_bytes: int = 0
     pruned: int = 0
     pruned_bytes: int = 0
+    dropped: int = 0  # unusable here, evicted before any entry that could still load
+    dropped_bytes: int = 0
+    dropped_reasons: list[str] = field(default_factory=list)
     stale_files_removed: int = 0
     reason: str = ""
 
 
+def usage_of(items: list[Item]) -> Usage:
+    jax = [item for item in items if item.kind == JAX]
+    return Usage(
+        entries=sum(item.counts_as_entry for item in items),
+        bytes=sum(item.size for item in items),
+        jax_files=sum(item.counts_as_entry for item in jax),
+        jax_bytes=sum(item.size for item in jax),
+    )
+
+
 class Maintenance:
-    """Usage, eviction, pruning and cleanup of one cache directory."""
+    """Usage, eviction, pruning and cleanup of one cache directory. ``machine`` is the
+    current machine (trust.machine_of), when known: entries of a namespace with another
+    jax or jaxlib version are then unusable."""
 
-    def __init__(self, directory: CacheDir) -> None:
+    def __init__(self, directory: CacheDir, machine: Mapping[str, str] | None = None) -> None:
         self.directory = directory
+        self.machine = machine
         self.bookkeeping = Bookkeeping(directory)
+        self._machines: dict[str, dict[str, str] | None] = {}
 
-    def _entries(self) -> list[tuple[str, float, int]]:
-        """``(name, mtime, size)`` of every entry file."""
-        return [
-            (name, info.st_mtime, info.st_size)
-            for name, info in self.directory.scan(ENTRIES)
-            if stat.S_ISREG(info.st_mode) and keys.FILE_NAME.fullmatch(name)
+    def inventory(self) -> list[Item]:
+        """Every file that holds a program: ours in every namespace, ours of layout 1,
+        and JAX's own."""
+        items = []
+        for name, info in self.directory.scan(ENTRIES):
+            if stat.S_ISDIR(info.st_mode) and NAMESPACE.fullmatch(name):
+                sub = f"{ENTRIES}/{name}"
+                items += [
+                    Item(sub, entry, found.st_size, found.st_mtime, ENTRY, name)
+                    for entry, found in self.directory.scan(sub)
+                    if stat.S_ISREG(found.st_mode) and keys.FILE_NAME.fullmatch(entry)
+                ]
+            elif stat.S_ISREG(info.st_mode) and keys.FILE_NAME.fullmatch(name):
+                items.append(Item(ENTRIES, name, info.st_size, info.st_mtime, OLD))
+        items += [
+            Item("", name, info.st_size, info.st_mtime, JAX)
+            for name, info in self.directory.scan()
+            if stat.S_ISREG(info.st_mode) and JAX_FILE.fullmatch(name)
         ]
+        return items
 
     def usage(self) -> Usage:
-        found = self._entries()
-        return Usage(len(found), sum(size for _, _, size in found))
+        return usage_of(self.inventory())
 
     def has_temporaries(self) -> bool:
         """Whether a writer left a temporary file (it was killed mid-write)."""
@@ -76,10 +132,10 @@ class Maintenance:
         session_start: float | None,
         wait_secs: float = 10.0,
     ) -> MaintenanceResult:
-        """Record the session, prune entries unused for N sessions, evict least recently
-        used entries over the cap, clear stale temporaries. Gives up (and says so) if
-        another session holds the maintenance lock. ``session_start`` is ``None``
-        outside a session (the command line)."""
+        """Record the session, prune entries unused for N sessions, evict over the cap
+        (unusable entries first, then least recently used), clear stale temporaries.
+        Gives up (and says so) if another session holds the maintenance lock.
+        ``session_start`` is ``None`` outside a session (the command line)."""
         import filelock
 
         lock = filelock.FileLock(str(self.directory.path("", MAINTENANCE_LOCK)), timeout=wait_secs)
@@ -104,37 +160,74 @@ class Maintenance:
         stale += self._remove_idle_locks(now - STALE_TMP_SECS)
         stale += self._remove_old(LOCKS, _MARKER_FILE, now - STALE_MARKER_SECS)
 
-        entries = sorted(self._entries(), key=lambda item: item[1])  # least recently used first
-        pruned = pruned_bytes = 0
+        items = sorted(self.inventory(), key=lambda item: item.mtime)  # least recently used first
+        pruned: list[Item] = []
         if prune_after is not None and len(sessions) >= prune_after:
             cutoff = sessions[-prune_after]
-            keep = []
-            for name, mtime, size in entries:
-                if mtime < cutoff and self.directory.unlink(ENTRIES, name):
-                    pruned += 1
-                    pruned_bytes += size
-                else:
-                    keep.append((name, mtime, size))
-            entries = keep
+            pruned = self._remove([item for item in items if item.mtime < cutoff])
+            items = [item for item in items if item not in pruned]
 
-        evicted = evicted_bytes = 0
-        total = sum(size for _, _, size in entries)
-        if max_size is not None:
-            for name, _, size in entries:
+        dropped: list[Item] = []
+        evicted: list[Item] = []
+        total = sum(item.size for item in items)
+        if max_size is not None and total > max_size:
+            reasons = {item: self._unusable(item) for item in items}
+            for item in [item for item in items if reasons[item]] + [
+                item for item in items if not reasons[item]
+            ]:
                 if total <= max_size:
                     break
-                if self.directory.unlink(ENTRIES, name):
-                    evicted += 1
-                    evicted_bytes += size
-                total -= size
+                if self._remove([item]):
+                    (dropped if reasons[item] else evicted).append(item)
+                total -= item.size
+            why = Counter(reasons[item] for item in dropped if item.counts_as_entry)
+        else:
+            why = Counter()
         return MaintenanceResult(
             ran=True,
-            evicted=evicted,
-            evicted_bytes=evicted_bytes,
-            pruned=pruned,
-            pruned_bytes=pruned_bytes,
+            evicted=sum(item.counts_as_entry for item in evicted),
+            evicted_bytes=sum(item.size for item in evicted),
+            pruned=sum(item.counts_as_entry for item in pruned),
+            pruned_bytes=sum(item.size for item in pruned),
+            dropped=sum(item.counts_as_entry for item in dropped),
+            dropped_bytes=sum(item.size for item in dropped),
+            dropped_reasons=[f"{count} {reason}" for reason, count in why.most_common()],
             stale_files_removed=stale,
         )
+
+    def _unusable(self, item: Item) -> str:
+        """Why ``item`` can never be loaded here, as the end of "N ... dropped" ("": it
+        can)."""
+        if item.kind == OLD:
+            return "entries of an older pytest-jaxcache layout dropped: never loaded"
+        if item.kind == JAX:
+            return "files of JAX's own store dropped: pytest-jaxcache does not load them"
+        if self.machine is None:
+            return ""
+        facts = self._machine(item.machine)
+        for name in ("jaxlib", "jax"):
+            theirs, ours = (facts or {}).get(name), self.machine.get(name)
+            if theirs is not None and theirs != ours:
+                return f"entries of {name} {theirs} dropped: unusable with {ours}"
+        return ""
+
+    def _machine(self, namespace: str) -> dict[str, str] | None:
+        if namespace not in self._machines:
+            self._machines[namespace] = self.bookkeeping.load_machine(namespace)
+        return self._machines[namespace]
+
+    def _remove(self, items: list[Item]) -> list[Item]:
+        """Remove ``items`` (a JAX ``-cache`` file takes its ``-atime`` file along);
+        returns those that were there to remove."""
+        removed = []
+        for item in items:
+            if self.directory.unlink(item.sub, item.name):
+                removed.append(item)
+                if item.kind == JAX and item.name.endswith("-cache"):
+                    atime = item.name.removesuffix("-cache") + "-atime"
+                    with contextlib.suppress(OSError):
+                        self.directory.unlink(item.sub, atime)
+        return removed
 
     def _remove_old(self, sub: str, pattern: re.Pattern[str], cutoff: float) -> int:
         removed = 0
@@ -163,19 +256,11 @@ class Maintenance:
         return removed
 
     def clear(self) -> int:
-        """Remove every entry; returns how many."""
-        return sum(self.directory.unlink(ENTRIES, name) for name, _, _ in self._entries())
-
-
-# Files of JAX's own store (jax._src.lru_cache): "<key>-cache" and "<key>-atime".
-JAX_FILE = re.compile(r".+-[0-9a-f]{64}-(cache|atime)")
+        """Remove every entry (ours of any namespace or layout, and JAX's own files);
+        returns how many."""
+        return sum(item.counts_as_entry for item in self._remove(self.inventory()))
 
 
 def jax_files_usage(directory: CacheDir) -> Usage:
-    """Entries JAX's own file store keeps in ``directory`` (``-cache`` files)."""
-    found = [
-        info.st_size
-        for name, info in directory.scan()
-        if name.endswith("-cache") and JAX_FILE.fullmatch(name) and stat.S_ISREG(info.st_mode)
-    ]
-    return Usage(len(found), sum(found))
+    """What JAX's own file store keeps in ``directory``."""
+    return usage_of([item for item in Maintenance(directory).inventory() if item.kind == JAX])

@@ -80,9 +80,20 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
             jaxhooks.keep_jax_cache_off(env)
         return
     os.environ.update(jax_environment)
-    from pytest_jaxcache.session import CacheSession
+    from pytest_jaxcache import trust
+    from pytest_jaxcache.session import CacheSession, UnusableCache
+    from pytest_jaxcache.store import Policy
 
-    session = CacheSession(settings=resolved)
+    try:
+        signer = trust.signer_from(os.environ)
+    except trust.TrustError as error:
+        raise pytest.UsageError(f"pytest-jaxcache: {error}") from None
+    policy = Policy(
+        signer=signer,
+        load_unverified=resolved.load_unverified,
+        others_may_write=resolved.shared or signer.signs,
+    )
+    session = CacheSession(settings=resolved, policy=policy)
     try:
         session.start()
     except jaxhooks.JaxMissing as error:
@@ -90,6 +101,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
             f"pytest-jaxcache: {resolved.dir_source} asks for a JAX compilation cache, "
             f"but {error}. Install JAX, or run with -p no:jaxcache."
         ) from None
+    except UnusableCache as error:
+        raise pytest.UsageError(f"pytest-jaxcache: {error}") from None
     config.stash[SESSION] = session
 
 

@@ -54,6 +54,7 @@ class Counts(Tally):
     retrieval_secs: float = 0.0  # backend time of hits: read and deserialise
     saved_secs: float = 0.0  # recorded compile time of hit programs, less retrieval
     saved_unknown: int = 0  # hits whose original compile time is not known
+    wait_secs: float = 0.0  # waiting for another process's compile of the same program
     trace_secs: float = 0.0
     lower_secs: float = 0.0
 
@@ -77,6 +78,8 @@ class CompileRecord:
     phase: str
     worker: str = ""
     key: str = ""  # the cache key, when our store saw the lookup
+    refused: str = ""  # why an entry found for the key was not loaded
+    waited_secs: float = 0.0  # of ``secs``, spent waiting for another process's compile
 
 
 @dataclass
@@ -114,6 +117,8 @@ class _Pending:
     host_callbacks: bool | None = None  # None: not known (JAX's compile not wrapped)
     key: str = ""
     stored_compile_secs: float | None = None
+    refused: str = ""
+    waited_secs: float = 0.0
     trace_secs: float = 0.0
     lower_secs: float = 0.0
 
@@ -202,12 +207,23 @@ class Recorder:
         """A compile begins in this thread: drop anything a failed one left behind."""
         self._local.pending = _Pending(host_callbacks=host_callbacks)
 
-    def note_lookup(self, key: str, stored_compile_secs: float | None) -> None:
-        """Our store looked ``key`` up; on a hit, its program once took
-        ``stored_compile_secs`` to compile (``None``: unknown, or a miss)."""
+    def note_lookup(
+        self,
+        key: str,
+        stored_compile_secs: float | None,
+        *,
+        refused: str = "",
+        waited_secs: float = 0.0,
+    ) -> None:
+        """Our store looked ``key`` up: on a hit, its program once took
+        ``stored_compile_secs`` to compile (``None``: unknown, or a miss); ``refused``
+        says why an entry that exists was not loaded; ``waited_secs`` went on waiting for
+        another process's compile (not compile time of ours)."""
         pending = self._pending()
         pending.key = key
         pending.stored_compile_secs = stored_compile_secs
+        pending.refused = refused or pending.refused
+        pending.waited_secs += waited_secs
 
     def note_cache_warning(self, message: str) -> None:
         """JAX warned about a cache read or write; we counted it instead."""
@@ -230,8 +246,11 @@ class Recorder:
             outcome = UNWRITTEN
         else:
             outcome = UNCACHABLE
+        waited = min(pending.waited_secs, secs)
+        secs -= waited  # waiting for another process is neither compiling nor loading
         with self._lock:
             counts, nodeid, phase = self._counts()
+            counts.wait_secs += waited
             if outcome != UNCACHED:
                 counts.requests += 1
             if outcome == HIT:
@@ -252,7 +271,17 @@ class Recorder:
                 else:
                     counts.uncached += 1
             self.compiles.append(
-                CompileRecord(name, outcome, secs, nodeid, phase, self.worker, pending.key)
+                CompileRecord(
+                    name,
+                    outcome,
+                    secs,
+                    nodeid,
+                    phase,
+                    self.worker,
+                    pending.key,
+                    pending.refused,
+                    waited,
+                )
             )
 
     # -- xdist --------------------------------------------------------------------------

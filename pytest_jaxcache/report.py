@@ -178,7 +178,7 @@ def render(data: dict[str, Any], *, verbosity: int, durations: int) -> list[str]
         f"hit rate: {_rate(cachable['hit_rate'])} of cachable lookups"
         + _errors_line(data["errors"]),
         f"time: {_secs(totals['compile_secs'])} compiling, "
-        f"{_secs(totals['retrieval_secs'])} loading hits{saved}; "
+        f"{_secs(totals['retrieval_secs'])} loading hits{saved}{_waits(totals)}; "
         f"{_secs(totals['trace_secs'])} tracing, {_secs(totals['lower_secs'])} lowering",
     ]
     lines += _store_lines(data)
@@ -200,6 +200,11 @@ def _unwritten(totals: dict[str, Any]) -> str:
     if not totals["unwritten"]:
         return ""
     return f", {totals['unwritten']} not written (below the compile-time or size threshold)"
+
+
+def _waits(totals: dict[str, Any]) -> str:
+    waited = totals.get("wait_secs", 0.0)
+    return f", {_secs(waited)} waiting for other workers' compiles" if waited else ""
 
 
 def _saved(counts: dict[str, Any]) -> str:
@@ -232,7 +237,13 @@ def _store_lines(data: dict[str, Any]) -> list[str]:
     )
     extra = []
     if store.get("waited_hits"):
-        extra.append(f"{store['waited_hits']} programs taken from another worker's compile")
+        extra.append(
+            f"{store['waited_hits']} programs taken from another worker's compile "
+            f"({_secs(store.get('wait_secs', 0.0))} waiting)"
+        )
+    for name, what in _REFUSED:
+        if store.get(name):
+            extra.append(f"{store[name]} {what}")
     if store.get("skipped_writes"):
         extra.append(f"{store['skipped_writes']} writes skipped (read-only)")
     if store.get("write_errors"):
@@ -241,7 +252,24 @@ def _store_lines(data: dict[str, Any]) -> list[str]:
         extra.append(f"{store['lock_timeouts']} lock waits timed out")
     if maintenance and not maintenance.get("ran", True) and maintenance.get("reason"):
         extra.append(f"maintenance skipped: {maintenance['reason']}")
-    return [line] + ([f"store: {', '.join(extra)}"] if extra else [])
+    lines = [line] + ([f"store: {', '.join(extra)}"] if extra else [])
+    lines += [f"store: {reason}" for reason in maintenance.get("dropped_reasons", [])]
+    usage = cache.get("after") or cache.get("before") or {}
+    if usage.get("jax_files"):
+        lines.append(
+            f"store: {usage['jax_files']} files of JAX's own store "
+            f"({format_size(usage['jax_bytes'])}) count toward the cap; never loaded"
+        )
+    return lines
+
+
+# Entries found and not loaded: store statistic, what the report says of them.
+_REFUSED = (
+    ("untrusted", "entries not loaded: untrusted (unsigned, badly signed, or writable by others)"),
+    ("foreign", "entries not loaded: written on another machine"),
+    ("wrong_key", "entries under another program's key removed"),
+    ("odd_files", "odd files where entries should be (unreadable, links, FIFOs): skipped"),
+)
 
 
 def _slowest(data: dict[str, Any], durations: int) -> list[str]:

@@ -12,15 +12,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pytest_jaxcache import explain, jaxhooks
+from pytest_jaxcache import explain, jaxhooks, ownership, trust
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import CacheDir
 from pytest_jaxcache.maintenance import Maintenance, MaintenanceResult, Usage, jax_files_usage
 from pytest_jaxcache.recorder import MISS, Recorder
 from pytest_jaxcache.settings import Mode, Settings, StoreKind
-from pytest_jaxcache.store import ENTRIES, Store, StoreStats
+from pytest_jaxcache.store import ENTRIES, Policy, Store, StoreStats
 from pytest_jaxcache.worker_report import WorkerReport
 
 # A cache that exists but cannot take writes (a read-only mount, another user's restored
@@ -28,9 +29,25 @@ from pytest_jaxcache.worker_report import WorkerReport
 _READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC}
 
 
+class UnusableCache(Exception):
+    """The configured directory is not a cache we may use: a usage error."""
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # cannot even look
+        return False
+
+
+def _why(error: OSError) -> str:
+    return "disk full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+
+
 @dataclass
 class CacheSession:
     settings: Settings
+    policy: Policy = field(default_factory=Policy)
     recorder: Recorder = field(default_factory=Recorder)
     started_at: float = field(default_factory=time.time)
     worker: str = ""  # this process's xdist worker id; "" on the controller or alone
@@ -83,6 +100,8 @@ class CacheSession:
             self.installation.on_first_compile = self._stamp_fingerprint
 
     def _open_store(self) -> Store | None:
+        """Our store on the configured directory, or ``None`` (with a notice) when it
+        cannot be used; :class:`UnusableCache` when the directory is not ours."""
         if self.settings.remote_url is not None:
             self.notices.append(
                 f"{self.settings.remote_url} is remote: JAX's own store serves it (needs "
@@ -92,39 +111,88 @@ class CacheSession:
             return None
         root = self.settings.cache_dir
         assert root is not None
-        timeout = self.settings.lock_timeout_secs
-        if self.mode is Mode.READONLY:
-            if not root.is_dir():
-                self.notices.append(f"read-only cache {root} does not exist: running uncached")
-                return None
-            return Store(root, readonly=True, lock_timeout_secs=timeout)
-        store = Store(root, lock_timeout_secs=timeout)
-        try:
-            store.create()
-        except OSError as error:
-            if error.errno not in _READ_ONLY_ERRNOS or not store.directory.has(ENTRIES):
-                self.notices.append(
-                    f"cannot use {root} ({error.strerror or error}): running uncached"
-                )
-                return None
-            why = "disk full" if error.errno == errno.ENOSPC else f"not writable ({error.strerror})"
-            self.notices.append(f"{root} is {why}: using it read-only")
-            self.mode = Mode.READONLY
-            return Store(root, readonly=True, lock_timeout_secs=timeout)
+        directory = self._adopt(root)
+        if directory is None:
+            return None
+        odd = ownership.odd_layout(directory)
+        if odd:
+            self.notices.append(f"cannot use {root}: {'; '.join(odd)}: running uncached")
+            directory.close()
+            return None
+        store = Store(
+            directory,
+            readonly=self.mode is Mode.READONLY,
+            lock_timeout_secs=self.settings.lock_timeout_secs,
+            policy=self.policy,
+        )
+        if not store.readonly and not store.writable():
+            self._use_read_only(root, "not writable")
+            store.readonly = True
+        namespaces = [f"{ENTRIES}/{machine}" for machine in store.namespaces()]
+        subs = [*ownership.SUBDIRECTORIES, *namespaces]
+        problems = trust.other_writers_of_tree(directory, subs)
+        if problems and not self.policy.others_may_write:
+            self.notices.append(
+                f"not loading from {root}: {problems[0]}"
+                + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                + ", so others could plant code that your tests would run; running uncached."
+                " Fix: chmod go-w (or chown) it, or, if it is shared on purpose, pass "
+                "--jax-cache-shared or sign entries with JAX_CACHE_SIGNING_KEY"
+            )
+            directory.close()
+            return None
+        if problems:
+            why = "entries must be signed" if self.policy.signer.signs else "--jax-cache-shared"
+            self.notices.append(f"{root} can be written by others ({problems[0]}): loading ({why})")
         return store
 
+    def _adopt(self, root: Path) -> CacheDir | None:
+        """The cache directory, tagged as ours: a directory that is someone else's is a
+        usage error; one that cannot be created or written a notice (uncached, or
+        read-only when it already is a cache)."""
+        readonly = self.mode is Mode.READONLY
+        try:
+            return ownership.adopt(root, readonly=readonly)
+        except ownership.NotOurs as error:
+            raise UnusableCache(f"{self.settings.dir_source}: {error}") from None
+        except FileNotFoundError:
+            if readonly:
+                self.notices.append(f"read-only cache {root} does not exist: running uncached")
+                return None
+            self.notices.append(f"cannot create {root}: running uncached")
+            return None
+        except OSError as error:
+            if readonly or error.errno not in _READ_ONLY_ERRNOS or not _is_dir(root):
+                self.notices.append(f"cannot use {root} ({_why(error)}): running uncached")
+                return None
+            try:  # an existing cache that we cannot write (or tag): still worth reading
+                directory = ownership.adopt(root, readonly=True)
+            except ownership.NotOurs as problem:
+                raise UnusableCache(f"{self.settings.dir_source}: {problem}") from None
+            except OSError as problem:
+                self.notices.append(f"cannot use {root} ({_why(problem)}): running uncached")
+                return None
+            self._use_read_only(root, _why(error))
+            return directory
+
+    def _use_read_only(self, root: Path, why: str) -> None:
+        self.notices.append(f"{root} is {why}: using it read-only")
+        self.mode = Mode.READONLY
+
     def _stamp_fingerprint(self) -> None:
-        """Called inside the first compile, when the backend exists: fix what this
-        process's entries record about their environment."""
+        """Called inside the first compile, when the backend exists: fix which machine's
+        namespace this process reads and writes, and what its entries record about the
+        session's environment."""
         assert self.store is not None
         self.fingerprint = jaxhooks.fingerprint()
-        digest = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode())
-        self.store.fingerprint = digest.digest()[:8]
+        text = json.dumps(self.fingerprint, sort_keys=True).encode()
+        session_id = hashlib.sha256(text).hexdigest()[:16]
+        self.store.bind(
+            trust.namespace(self.fingerprint), trust.machine_of(self.fingerprint), session_id
+        )
         if not self.store.readonly:
             try:
-                Bookkeeping(self.store.directory).save_fingerprint(
-                    self.store.fingerprint, self.fingerprint
-                )
+                Bookkeeping(self.store.directory).save_fingerprint(session_id, self.fingerprint)
             except OSError as error:
                 self.store.stats.note(f"fingerprint: {error}")
 
@@ -161,6 +229,7 @@ class CacheSession:
             misses=self.explain_misses(),
             notices=list(self.notices),
             installed=None if self.installation is None else self.installation.facts,
+            machine=self._machine(),
         )
 
     def absorb(self, worker: str, report: WorkerReport) -> None:
@@ -181,10 +250,14 @@ class CacheSession:
         """This process's misses, each with its reason."""
         if self.store is None:
             return []
-        missed = {c.key for c in self.recorder.compiles if c.outcome == MISS and c.key}
+        missed = [c for c in self.recorder.compiles if c.outcome == MISS and c.key]
         try:
             return explain.explain(
-                self.store, missed, before=self.started_at, current=self.fingerprint
+                self.store,
+                {c.key for c in missed},
+                before=self.started_at,
+                current=self.fingerprint,
+                refused={c.key: c.refused for c in missed if c.refused},
             )
         except OSError as error:
             self.notices.append(f"cannot explain misses: {error}")
@@ -210,7 +283,7 @@ class CacheSession:
             self.after = self.before
             self.maintenance = MaintenanceResult(ran=False, reason="read-only")
             return
-        maintenance = Maintenance(self.store.directory)
+        maintenance = Maintenance(self.store.directory, self._machine() or None)
         cap = self.settings.max_size_bytes
         over_cap = cap is not None and (self.before is None or self.before.bytes > cap)
         try:
@@ -228,6 +301,16 @@ class CacheSession:
             session_start=self.started_at,
         )
         self.after = self._usage()
+
+    def _machine(self) -> dict[str, str]:
+        """This machine, as this process (or, on an xdist controller that never
+        imported JAX, a worker) knows it."""
+        if self.store is not None and self.store.machine_facts:
+            return dict(self.store.machine_facts)
+        for sent in self.workers.values():
+            if sent.machine:
+                return dict(sent.machine)
+        return {}
 
     def installed(self) -> jaxhooks.InstallFacts | None:
         """Store kind and JAX versions: this process's, or (an xdist controller that

@@ -12,6 +12,7 @@ user knows which line to fix. Nothing here touches pytest or JAX.
 from __future__ import annotations
 
 import enum
+import errno
 import math
 import os
 import re
@@ -216,8 +217,15 @@ def parse_location(text: str, base: Path) -> Location:
     if _REMOTE.match(value):
         return Location(url=value)
     path = expand_path(value, base)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{str(path)!r} exists and is not a directory")
+    try:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{str(path)!r} exists and is not a directory")
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            raise ValueError(
+                f"{str(path)[:60]!r}... ({len(str(path))} characters): {error.strerror}"
+            ) from None
+        # A directory we may not look into: the store says so when it opens, and runs uncached.
     return Location(path=path)
 
 
@@ -280,6 +288,15 @@ DURATIONS = Option[int]("durations", parse_durations, DEFAULT_DURATIONS, metavar
 REPORT = Option[Path | None]("report_path", parse_path, None, metavar="PATH",
     cli="--jax-cache-report", ini="jax_cache_report",
     help="write the session's compile report as JSON to PATH")
+SHARED = Option[bool]("shared", parse_bool, False, flag=True,
+    cli="--jax-cache-shared", ini="jax_cache_shared", env="JAX_CACHE_SHARED",
+    help="load from a cache directory that other users can write (shared on purpose): "
+    "every one of them can then run code in your tests")
+LOAD_UNVERIFIED = Option[bool]("load_unverified", parse_bool, False, flag=True,
+    cli="--jax-cache-load-unverified", ini="jax_cache_load_unverified",
+    env="JAX_CACHE_LOAD_UNVERIFIED",
+    help="without JAX_CACHE_SIGNING_KEY, load signed entries without checking their "
+    "signature (a pull request from a fork reading a cache it trusts)")
 # fmt: on
 
 OPTIONS: tuple[Option[Any], ...] = (
@@ -295,6 +312,8 @@ OPTIONS: tuple[Option[Any], ...] = (
     STORE,
     DURATIONS,
     REPORT,
+    SHARED,
+    LOAD_UNVERIFIED,
 )
 
 
@@ -314,6 +333,8 @@ class Settings:
     store: StoreKind = STORE.default
     durations: int = DURATIONS.default
     report_path: Path | None = REPORT.default
+    shared: bool = SHARED.default
+    load_unverified: bool = LOAD_UNVERIFIED.default
     sources: Mapping[str, Source] = field(default_factory=dict)
 
     def source(self, option: Option[Any]) -> Source:

@@ -33,6 +33,7 @@ class WorkerReport:
     misses: list[Miss] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     installed: InstallFacts | None = None
+    machine: dict[str, str] = field(default_factory=dict)  # what defines its namespace
 
     def to_builtins(self) -> dict[str, Any]:
         return {
@@ -42,6 +43,7 @@ class WorkerReport:
             "misses": [asdict(miss) for miss in self.misses],
             "notices": list(self.notices),
             "installed": None if self.installed is None else asdict(self.installed),
+            "machine": dict(self.machine),
         }
 
     @classmethod
@@ -63,6 +65,7 @@ class WorkerReport:
             misses=[Miss(**item) for item in data["misses"]],
             notices=list(data["notices"]),
             installed=None if installed is None else InstallFacts(**installed),
+            machine={str(k): str(v) for k, v in data["machine"].items()},
         )
 
 
