@@ -3,8 +3,16 @@ them a directory (``pytester.path``) and a short name."""
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
-from helpers import RunJax, Session, run_session
+from helpers import RunJax, Session, run_command, run_session
 
 
 @pytest.fixture
@@ -16,3 +24,56 @@ def run_jax(pytester: pytest.Pytester) -> RunJax:
         return run_session(pytester.path, *args, timeout=timeout, env=env)
 
     return run
+
+
+@pytest.fixture
+def unprivileged_prefix(tmp_path: Path) -> list[str]:
+    """A command prefix under which file permissions apply to this process's children.
+
+    As a normal user that is no prefix. As root (permissions ignored), drop the
+    capabilities that override them (``CAP_DAC_OVERRIDE``, ``CAP_DAC_READ_SEARCH``) with
+    ``setpriv``: the child stays uid 0, so it can still run this interpreter (which may
+    live in root's 0700 home, out of reach of ``nobody``), but a 0555 directory is
+    read-only to it. Skips, with the reason, when that is not possible here.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root, which ignores permissions, and setpriv is not installed")
+    caps = "-dac_override,-dac_read_search"
+    prefix = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    probe_dir.chmod(0o555)
+    try:
+        probe = run_command(
+            [*prefix, sys.executable, "-c", f"open({str(probe_dir / 'x')!r}, 'w')"], tmp_path
+        )
+    finally:
+        probe_dir.chmod(0o755)
+    if probe.ret == 0 or "PermissionError" not in probe.stderr.str():
+        pytest.skip(f"cannot drop CAP_DAC_OVERRIDE with setpriv here: {probe.stderr.str()[-300:]}")
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def other_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pwd.struct_passwd]:
+    """An unprivileged user of this machine other than the one running the tests (made
+    for the session with useradd, removed afterwards), to own or share cache
+    directories. Skips, with the reason, where users cannot be made."""
+    name = f"jaxcache-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"[:30]
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("making another user needs root and useradd")
+    made = run_command(
+        ["useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+        tmp_path_factory.getbasetemp(),
+    )
+    if made.ret not in (0, 9):  # 9: it exists (a run killed before its cleanup)
+        pytest.skip(f"useradd failed: {made.stderr.str()[-300:]}")
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        run_command(["userdel", name], tmp_path_factory.getbasetemp())
+        if name in {group.gr_name for group in grp.getgrall()}:
+            run_command(["groupdel", name], tmp_path_factory.getbasetemp())

@@ -23,6 +23,9 @@ from typing import IO, Any, NamedTuple, Protocol
 
 import pytest
 
+from pytest_jaxcache.entry import Entry, Refused, decode
+from pytest_jaxcache.trust import Signer
+
 PROJECT = Path(__file__).resolve().parent.parent
 
 # Plugins that a development machine may have and these sessions do not use: off, so that
@@ -117,10 +120,15 @@ def run_session(
 
 
 def start_session(
-    cwd: Path, *args: str, output: IO[str], env: Mapping[str, str] | None = None
+    cwd: Path,
+    *args: str,
+    output: IO[str],
+    env: Mapping[str, str] | None = None,
+    new_group: bool = False,
 ) -> subprocess.Popen[str]:
     """Start ``pytest *args`` in ``cwd`` without waiting (concurrent sessions, kills);
-    its output goes to ``output``."""
+    its output goes to ``output``. ``new_group``: in a process group of its own, so that
+    the whole session (workers included) can be killed at once."""
     return subprocess.Popen(
         pytest_argv(*args),
         cwd=cwd,
@@ -128,6 +136,7 @@ def start_session(
         stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=new_group,
     )
 
 
@@ -143,9 +152,17 @@ CALLBACKS_CACHED = _jax_version() >= (0, 11)
 
 
 def entries(cache_dir: Path) -> list[Path]:
-    """The entry files of a pytest-jaxcache store."""
-    folder = cache_dir / "entries"
-    return sorted(folder.iterdir()) if folder.is_dir() else []
+    """The entry files of a pytest-jaxcache store, in every machine namespace."""
+    return sorted(path for path in (cache_dir / "entries").glob("*/*") if path.is_file())
+
+
+def decoded(path: Path) -> Entry | None:
+    """The entry in file ``path`` if it verifies (unsigned) for the key its name holds
+    on the machine its directory names; ``None`` if it does not."""
+    try:
+        return decode(path.name, path.read_bytes(), signer=Signer(), machine=path.parent.name)
+    except Refused:
+        return None
 
 
 def write_files(base: Path, files: Mapping[str, str]) -> None:
@@ -170,11 +187,13 @@ class ColdCache:
         return base / "cache"
 
 
-def cold_session(root: Path, files: Mapping[str, str], *args: str) -> ColdCache:
+def cold_session(
+    root: Path, files: Mapping[str, str], *args: str, env: Mapping[str, str] | None = None
+) -> ColdCache:
     """Write ``files`` into ``root`` and run one session there with a cache at
     ``root/cache`` (the session must pass)."""
     write_files(root, files)
-    result, report = run_session(root, *args, "--jax-cache-dir=cache")
+    result, report = run_session(root, *args, "--jax-cache-dir=cache", env=env)
     assert result.ret == 0, "\n".join(result.outlines + result.errlines)
     return ColdCache(root / "cache", report)
 

@@ -257,37 +257,6 @@ def _set_tree_mode(root: Path, dirs: int, files: int) -> None:
 
 
 @pytest.fixture
-def unprivileged_prefix(tmp_path: Path) -> list[str]:
-    """A command prefix under which file permissions apply to this process's children.
-
-    As a normal user that is no prefix. As root (permissions ignored), drop the
-    capabilities that override them (``CAP_DAC_OVERRIDE``, ``CAP_DAC_READ_SEARCH``) with
-    ``setpriv``: the child stays uid 0, so it can still run this interpreter (which may
-    live in root's 0700 home, out of reach of ``nobody``), but a 0555 directory is
-    read-only to it. Skips, with the reason, when that is not possible here.
-    """
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root, which ignores permissions, and setpriv is not installed")
-    caps = "-dac_override,-dac_read_search"
-    prefix = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
-    probe_dir = tmp_path / "probe"
-    probe_dir.mkdir()
-    probe_dir.chmod(0o555)
-    try:
-        probe = run_command(
-            [*prefix, sys.executable, "-c", f"open({str(probe_dir / 'x')!r}, 'w')"], tmp_path
-        )
-    finally:
-        probe_dir.chmod(0o755)
-    if probe.ret == 0 or "PermissionError" not in probe.stderr.str():
-        pytest.skip(f"cannot drop CAP_DAC_OVERRIDE with setpriv here: {probe.stderr.str()[-300:]}")
-    return prefix
-
-
-@pytest.fixture
 def readonly_tree() -> Iterator[list[Path]]:
     """Trees made read-only by a test; writable again afterwards, so they can be removed."""
     roots: list[Path] = []

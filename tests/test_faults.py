@@ -27,14 +27,16 @@ from helpers import (
     assert_all_hits,
     child_env,
     cold_session,
+    decoded,
     entries,
     run_command,
     start_session,
     write_files,
 )
 
-from pytest_jaxcache.entry import decode
+from pytest_jaxcache.entry import HEAD_SIZE
 from pytest_jaxcache.keys import file_name
+from pytest_jaxcache.ownership import adopt
 from pytest_jaxcache.store import Store
 
 pytestmark = pytest.mark.slow
@@ -97,11 +99,13 @@ KILLED_WRITER = """
 import sys
 from pathlib import Path
 
+from pytest_jaxcache.ownership import adopt
 from pytest_jaxcache.store import Store
 
-store = Store(Path(sys.argv[1]))
-store.create()
-assert store.get(sys.argv[2]) is None
+root = Path(sys.argv[1])
+store = Store(adopt(root, readonly=False))
+store.bind(sys.argv[4], {}, "killedwriter")
+assert store.get(sys.argv[2]).entry is None
 store.put(sys.argv[2], bytes(int(sys.argv[3])))
 """
 BIG_PAYLOAD = 200 * 2**20
@@ -113,7 +117,7 @@ BIG_PAYLOAD = 200 * 2**20
 def assert_entries_decode(cache: Path) -> list[Path]:
     """Every entry left in the store is complete; returns them."""
     found = entries(cache)
-    corrupt = [path.name for path in found if decode(path.read_bytes()) is None]
+    corrupt = [path.name for path in found if decoded(path) is None]
     assert not corrupt, f"corrupt entries: {corrupt}"
     return found
 
@@ -196,7 +200,8 @@ def test_four_workers_tiny_cap(run_jax: RunJax, pytester: pytest.Pytester) -> No
     maintenance = report["cache"]["maintenance"]
     assert maintenance["ran"] and maintenance["evicted"] > 0
     assert report["store"]["writes"] == maintenance["evicted"] + len(remaining)
-    assert report["cache"]["after"] == {"entries": len(remaining), "bytes": size}
+    after = {"entries": len(remaining), "bytes": size, "jax_files": 0, "jax_bytes": 0}
+    assert report["cache"]["after"] == after
     assert report["store"]["repaired"] == report["store"]["write_errors"] == 0
     assert list((cache / "tmp").iterdir()) == []
 
@@ -212,8 +217,9 @@ def test_writer_killed_mid_write(run_jax: RunJax, warm_cache: Path) -> None:
     key = "jit_big-" + "ab" * 32
     prefix = file_name(key) + "."
     tmp = warm_cache / "tmp"
+    [machine] = [path.name for path in (warm_cache / "entries").iterdir()]
     writer = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRITER, str(warm_cache), key, str(BIG_PAYLOAD)],
+        [sys.executable, "-c", KILLED_WRITER, str(warm_cache), key, str(BIG_PAYLOAD), machine],
         env=child_env(),
     )
     try:
@@ -228,9 +234,9 @@ def test_writer_killed_mid_write(run_jax: RunJax, warm_cache: Path) -> None:
         writer.wait(timeout=120)
     assert writer.returncode == -signal.SIGKILL
 
-    entry = warm_cache / "entries" / file_name(key)
+    entry = warm_cache / "entries" / machine / file_name(key)
     leftovers = [p for p in tmp.iterdir() if p.name.startswith(prefix)]
-    complete = decode(entry.read_bytes()) if entry.exists() else None
+    complete = decoded(entry) if entry.exists() else None
     # Either the kill landed after the rename (a whole entry, no leftover) or before it
     # (no entry, one partial temporary): never a partial entry.
     whole = complete is not None and len(complete.payload) == BIG_PAYLOAD and leftovers == []
@@ -242,8 +248,9 @@ def test_writer_killed_mid_write(run_jax: RunJax, warm_cache: Path) -> None:
     assert whole or partial, (entry.exists(), leftovers)
 
     # The dead writer's single-flight lock went with it: a miss claims the key at once.
-    store = Store(warm_cache, lock_timeout_secs=30)
-    found = store.get(key)
+    store = Store(adopt(warm_cache, readonly=False), lock_timeout_secs=30)
+    store.bind(machine, {}, "inspector")
+    found = store.get(key).entry
     store.release_claims()
     assert store.stats.lock_waits == 0 and store.stats.lock_timeouts == 0
     assert (found is None) == (not entry.exists())
@@ -279,12 +286,10 @@ def test_truncated_entries_repaired_under_two_workers(run_jax: RunJax, warm_cach
     assert len(truncated) == SUITE_SIZE
     for index, path in enumerate(truncated):
         data = path.read_bytes()
-        entry = decode(data)
-        assert entry is not None
-        header = len(data) - len(entry.payload)
-        keep = (0, header, len(data) // 2, len(data) - 1)[index % 4]
+        assert decoded(path) is not None
+        keep = (0, HEAD_SIZE, len(data) // 2, len(data) - 1)[index % 4]
         path.write_bytes(data[:keep])
-        assert decode(path.read_bytes()) is None
+        assert decoded(path) is None
 
     result, report = run_jax("-n", "2", "-W", "error", "--jax-cache-dir=cache")
     assert result.ret == 0, result.stdout.str()

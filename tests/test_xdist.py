@@ -204,7 +204,7 @@ def test_single_flight_across_workers(run_jax: RunJax, pytester: pytest.Pytester
     hit/wait figures add up. Retried on a fresh cache (at most 3 times) until the workers'
     lookups really overlapped; the no-duplicate check holds on every attempt."""
     write_files(pytester.path, SINGLE_FLIGHT)
-    contended: list[dict[str, Any]] = []
+    contended: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for attempt in range(3):
         barrier = {"JAXCACHE_TEST_BARRIER": str(pytester.path / f"barrier{attempt}")}
         result, report = run_jax(
@@ -236,11 +236,17 @@ def test_single_flight_across_workers(run_jax: RunJax, pytester: pytest.Pytester
         for name in ("hits", "waited_hits", "lock_waits", "writes"):
             assert sum(w["store"][name] for w in workers.values()) == store[name]
         if store["lock_waits"]:  # the lookups overlapped: no need to try again
-            contended.append(store)
+            contended.append((store, report))
             break
     assert contended, "the two workers' first lookups never overlapped in 3 attempts"
+    store, report = contended[0]
     # the waiting worker got the other's entry: a hit, never a second compile
-    assert contended[0]["waited_hits"] == contended[0]["lock_waits"] > 0
+    assert store["waited_hits"] == store["lock_waits"] > 0
+    # and its wait is reported as waiting, not as compile or load time
+    waits = [c for c in report["compiles"] if c["waited_secs"] > 0]
+    assert [c["outcome"] for c in waits] == ["hit"] * store["waited_hits"]
+    assert store["wait_secs"] == pytest.approx(sum(c["waited_secs"] for c in waits))
+    assert report["totals"]["wait_secs"] == pytest.approx(store["wait_secs"])
 
 
 # -- every way of running pytest -----------------------------------------------------------

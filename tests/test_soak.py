@@ -1,0 +1,165 @@
+"""Soak: concurrent ``-n 2`` sessions on one tiny-capped cache directory, with workers
+and whole sessions SIGKILLed at random moments, in rounds. Afterwards every entry
+verifies, no lock is left stuck, and the cache serves a warm run completely.
+
+What the soak counts (and requires): failures not explained by a kill (0), sessions
+that did not finish in time (0), entries that do not verify (0). A corrupt or foreign
+entry served would make a test's numbers wrong: that is a failure not explained by a kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from helpers import RunJax, assert_all_hits, decoded, entries, start_session, write_files
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 3
+SESSIONS_PER_ROUND = 3
+SESSION_TIMEOUT = 240.0  # a session still running after this long counts as hung
+CAP = "--jax-cache-max-size=60KB"  # below the suite's size: every session evicts
+
+# Sixteen programs, each checked against numpy: a wrong program served fails its test.
+SUITE = {
+    "test_soak_suite.py": """
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+def make(k):
+    def program(v):
+        return jnp.tanh(v * (k + 1)) + jnp.sin(v) * k
+
+    program.__name__ = f"program_{k}"
+    return program
+
+
+@pytest.mark.parametrize("k", range(16))
+def test_program(k):
+    x = np.linspace(-1.0, 1.0, 32 + k, dtype=np.float32)
+    expected = np.tanh(x * (k + 1)) + np.sin(x) * k
+    np.testing.assert_allclose(np.asarray(jax.jit(make(k))(x)), expected, rtol=1e-5, atol=1e-6)
+""",
+}
+N_TESTS = 16
+
+
+@dataclass
+class Figures:
+    sessions: int = 0
+    sessions_killed: int = 0
+    workers_killed: int = 0
+    unexplained_failures: list[str] = field(default_factory=list)
+    hangs: int = 0
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (xdist's workers of a session)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def run_round(root: Path, rng: random.Random, index: int, figures: Figures) -> None:
+    """Start the round's sessions together; kill some at random moments; wait for all."""
+    started: list[tuple[subprocess.Popen[str], Path, str]] = []
+    with contextlib.ExitStack() as stack:
+        for number in range(SESSIONS_PER_ROUND):
+            log_path = root / f"round{index}-session{number}.log"
+            log = stack.enter_context(open(log_path, "w"))
+            process = start_session(
+                root, "-n", "2", "--jax-cache-dir=cache", CAP, output=log, new_group=True
+            )
+            stack.callback(_kill_group, process)  # nothing is left behind, whatever happens
+            started.append((process, log_path, rng.choice(["none", "none", "worker", "session"])))
+        for process, _, fate in started:
+            if fate == "none":
+                continue
+            time.sleep(rng.uniform(0.5, 4.0))
+            if fate == "session" and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                figures.sessions_killed += 1
+            elif fate == "worker" and process.poll() is None:
+                workers = children(process.pid)
+                if workers:
+                    os.kill(rng.choice(workers), signal.SIGKILL)
+                    figures.workers_killed += 1
+        deadline = time.monotonic() + SESSION_TIMEOUT
+        for process, log_path, fate in started:
+            figures.sessions += 1
+            try:
+                process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                figures.hangs += 1
+                continue
+            check_session(process.returncode, log_path.read_text(), fate, figures)
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+_FAILED = re.compile(r"^FAILED (\S+)", re.MULTILINE)
+_CRASHED = re.compile(r"worker '(gw\d+)' crashed while running '(\S+)'")
+
+
+def check_session(returncode: int, output: str, fate: str, figures: Figures) -> None:
+    """A session nobody killed passes completely; a session whose worker was killed
+    fails only the tests that worker was running; a killed session says nothing."""
+    if returncode == -signal.SIGKILL:  # the whole session was killed
+        return
+    failed = set(_FAILED.findall(output))
+    crashed = {nodeid for _, nodeid in _CRASHED.findall(output)}
+    for nodeid in sorted(failed - crashed):
+        figures.unexplained_failures.append(nodeid)
+    if "INTERNALERROR" in output or ("Traceback" in output and not failed):
+        figures.unexplained_failures.append(f"output of a session ({fate}): {output[-2000:]}")
+    if returncode not in (0, 1) or (returncode == 1 and not crashed):
+        figures.unexplained_failures.append(f"exit {returncode} ({fate}): {output[-2000:]}")
+
+
+def test_killed_workers_and_sessions_never_corrupt_or_stall_the_cache(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    write_files(pytester.path, SUITE)
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    figures = Figures()
+    for index in range(ROUNDS):
+        run_round(pytester.path, rng, index, figures)
+    print(f"soak (seed {seed}): {figures}")
+
+    cache = pytester.path / "cache"
+    assert figures.hangs == 0, figures
+    assert figures.unexplained_failures == [], figures
+    assert figures.sessions == ROUNDS * SESSIONS_PER_ROUND
+    broken = [path.name for path in entries(cache) if decoded(path) is None]
+    assert broken == [], f"entries that do not verify: {broken} (seed {seed})"
+
+    # No stuck lock, nothing poisoned: the cache fills and then serves a warm run wholly.
+    result, report = run_jax("-n", "2", "--jax-cache-dir=cache", "--jax-cache-max-size=none")
+    result.assert_outcomes(passed=N_TESTS)
+    assert report["store"]["lock_timeouts"] == 0
+    result, report = run_jax("-n", "2", "--jax-cache-dir=cache", "--jax-cache-max-size=none")
+    result.assert_outcomes(passed=N_TESTS)
+    assert_all_hits(report)
+    assert report["cachable"]["hits"] == N_TESTS
