@@ -51,6 +51,7 @@ class Counts(Tally):
     unwritten: int = 0
     uncached: int = 0
     compile_secs: float = 0.0  # backend time of compiles that did real work
+    outside_secs: float = 0.0  # of compile_secs: programs outside the cachable set
     retrieval_secs: float = 0.0  # backend time of hits: read and deserialise
     saved_secs: float = 0.0  # recorded compile time of hit programs, less retrieval
     saved_unknown: int = 0  # hits whose original compile time is not known
@@ -262,6 +263,8 @@ class Recorder:
                     counts.saved_secs += max(0.0, pending.stored_compile_secs - secs)
             else:
                 counts.compile_secs += secs
+                if outcome != MISS:
+                    counts.outside_secs += secs
                 if outcome == MISS:
                     counts.misses += 1
                 elif outcome == UNCACHABLE:

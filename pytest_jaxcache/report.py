@@ -8,7 +8,9 @@ removal or a change of meaning bumps it)::
 
     schema, version
     cache:    dir, source, store, mode, notices[], max_size_bytes,
-              before{entries, bytes} | null, after{...} | null, maintenance{...} | null
+              before{entries, bytes, jax_files, jax_bytes, digest} | null,
+              after{...} | null, maintenance{...} | null,
+              changed (the contents' digest changed) | null, digest | null
     jax:      {jax, jaxlib}
     totals:   counts of every test and of work outside tests, plus hit_rate
     cachable: counts of unmarked tests' work (hit_rate excludes ``jax_errors`` tests)
@@ -25,7 +27,10 @@ removal or a change of meaning bumps it)::
     cache_warnings[], listener_errors[]
 
 ``counts`` is {requests, hits, misses, uncachable, unwritten, uncached, compile_secs,
-retrieval_secs, saved_secs, saved_unknown, trace_secs, lower_secs}; times in seconds.
+outside_secs, retrieval_secs, saved_secs, saved_unknown, wait_secs, trace_secs, lower_secs}
+and, in totals/cachable/errors, lookups (hits + misses), hit_rate (hits / lookups) and
+outside (uncachable + unwritten + uncached, whose compile time is outside_secs); times in
+seconds.
 """
 
 from __future__ import annotations
@@ -42,14 +47,21 @@ VERSION = 1
 
 
 def hit_rate(counts: Counts) -> float | None:
-    """Hits over cachable lookups: hits, misses and programs a threshold kept out.
-    Programs with host callbacks (uncachable) are excluded."""
-    cachable = counts.hits + counts.misses + counts.unwritten
-    return None if cachable == 0 else counts.hits / cachable
+    """Hits over cachable lookups (hits and misses: programs the cache serves or was
+    given). Programs compiled outside the cachable set (host callbacks, not written,
+    cache off) are counted apart, with their compile time: the one arithmetic of every
+    surface (terminal, JSON, job summary)."""
+    lookups = counts.hits + counts.misses
+    return None if lookups == 0 else counts.hits / lookups
 
 
 def _counts_json(counts: Counts) -> dict[str, Any]:
-    return {**asdict(counts), "hit_rate": hit_rate(counts)}
+    return {
+        **asdict(counts),
+        "lookups": counts.hits + counts.misses,
+        "hit_rate": hit_rate(counts),
+        "outside": counts.uncachable + counts.unwritten + counts.uncached,
+    }
 
 
 def build(
@@ -160,9 +172,10 @@ def render(data: dict[str, Any], *, verbosity: int, durations: int) -> list[str]
     cache, totals, cachable = data["cache"], data["totals"], data["cachable"]
     saved = _saved(cachable)
     summary = (
-        f"{cachable['hits']}/{cachable['hits'] + cachable['misses']} cachable lookups hit "
-        f"({_rate(cachable['hit_rate'])}), {_secs(totals['compile_secs'])} compiling"
-        f"{saved} - {cache['dir']}"
+        f"{cachable['hits']}/{cachable['lookups']} cachable lookups hit "
+        f"({_rate(cachable['hit_rate'])}), "
+        f"{_secs(totals['compile_secs'] - totals['outside_secs'])} compiling{saved}"
+        f"{_outside(totals)} - {cache['dir']}"
     )
     if verbosity < 0:
         lines = [f"jax cache: {summary}"]
@@ -177,7 +190,7 @@ def render(data: dict[str, Any], *, verbosity: int, durations: int) -> list[str]
         + _unwritten(totals),
         f"hit rate: {_rate(cachable['hit_rate'])} of cachable lookups"
         + _errors_line(data["errors"]),
-        f"time: {_secs(totals['compile_secs'])} compiling, "
+        f"time: {_secs(totals['compile_secs'])} compiling{_outside_time(totals)}, "
         f"{_secs(totals['retrieval_secs'])} loading hits{saved}{_waits(totals)}; "
         f"{_secs(totals['trace_secs'])} tracing, {_secs(totals['lower_secs'])} lowering",
     ]
@@ -191,9 +204,38 @@ def render(data: dict[str, Any], *, verbosity: int, durations: int) -> list[str]
         )
     lines += _miss_lines(data)
     if verbosity > 0:
+        lines += _contents_line(data["cache"])
         lines += _worker_lines(data)
     lines += [f"notice: {problem}" for problem in _problems(data)]
     return lines
+
+
+def compiled_outside(totals: dict[str, Any]) -> str:
+    """``12 programs compiled outside the cachable set (136.43s: 11 uncachable, 1 not
+    written)``: where a warm run's compile time goes ("" when nothing did)."""
+    if not totals["outside"]:
+        return ""
+    kinds = [
+        (totals["uncachable"], "uncachable"),
+        (totals["unwritten"], "not written"),
+        (totals["uncached"], "cache off"),
+    ]
+    detail = ", ".join(f"{count} {kind}" for count, kind in kinds if count)
+    programs = "program" if totals["outside"] == 1 else "programs"
+    return (
+        f"{totals['outside']} {programs} compiled outside the cachable set "
+        f"({_secs(totals['outside_secs'])}: {detail})"
+    )
+
+
+def _outside_time(totals: dict[str, Any]) -> str:
+    outside = totals["outside_secs"]
+    return f" ({_secs(outside)} of it outside the cachable set)" if totals["outside"] else ""
+
+
+def _outside(totals: dict[str, Any]) -> str:
+    outside = compiled_outside(totals)
+    return f"; {outside}" if outside else ""
 
 
 def _unwritten(totals: dict[str, Any]) -> str:
@@ -272,21 +314,32 @@ _REFUSED = (
 )
 
 
-def _slowest(data: dict[str, Any], durations: int) -> list[str]:
+def slowest_phases(
+    data: dict[str, Any], durations: int
+) -> tuple[list[tuple[float, str, str, int, dict[str, Any]]], int]:
+    """The test phases that spent most time compiling and loading, busiest first:
+    (busy seconds, nodeid, phase, programs compiled, counts); ``durations`` of them (0:
+    all, -1: none), and how many phases compiled at all."""
     rows = []
     for test in data["tests"]:
         for phase, counts in test["phases"].items():
             busy = counts["compile_secs"] + counts["retrieval_secs"]
+            compiled = counts["misses"] + counts["uncachable"] + counts["unwritten"]
+            compiled += counts["uncached"]
             if counts["requests"] + counts["uncached"]:
-                rows.append((busy, test["nodeid"], phase, counts))
-    if not rows or durations < 0:
-        return []
+                rows.append((busy, test["nodeid"], phase, compiled, counts))
+    if durations < 0:
+        return [], len(rows)
     rows.sort(key=lambda row: row[0], reverse=True)
-    shown = rows if durations == 0 else rows[:durations]
-    lines = [f"slowest compiling ({len(shown)} of {len(rows)} test phases):"]
-    for busy, nodeid, phase, counts in shown:
-        compiled = counts["misses"] + counts["uncachable"] + counts["unwritten"]
-        compiled += counts["uncached"]
+    return (rows if durations == 0 else rows[:durations]), len(rows)
+
+
+def _slowest(data: dict[str, Any], durations: int) -> list[str]:
+    shown, total = slowest_phases(data, durations)
+    if not shown:
+        return []
+    lines = [f"slowest compiling ({len(shown)} of {total} test phases):"]
+    for busy, nodeid, phase, compiled, counts in shown:
         lines.append(
             f"  {_secs(busy):>8} {phase:<8} {nodeid}  "
             f"({compiled} compiled, {counts['hits']} from cache)"
@@ -320,6 +373,14 @@ def _miss_lines(data: dict[str, Any]) -> list[str]:
     for miss in data["misses"]:
         lines.append(f"  {miss['count']:>5} {miss['reason']} (e.g. {', '.join(miss['examples'])})")
     return lines
+
+
+def _contents_line(cache: dict[str, Any]) -> list[str]:
+    """Whether the session changed what the cache holds: a CI job saves it only then."""
+    if cache.get("changed") is None:
+        return []
+    state = "changed" if cache["changed"] else "unchanged"
+    return [f"cache contents: {state} (digest {cache['digest']})"]
 
 
 def _worker_lines(data: dict[str, Any]) -> list[str]:

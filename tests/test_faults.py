@@ -201,7 +201,7 @@ def test_four_workers_tiny_cap(run_jax: RunJax, pytester: pytest.Pytester) -> No
     assert maintenance["ran"] and maintenance["evicted"] > 0
     assert report["store"]["writes"] == maintenance["evicted"] + len(remaining)
     after = {"entries": len(remaining), "bytes": size, "jax_files": 0, "jax_bytes": 0}
-    assert report["cache"]["after"] == after
+    assert {k: v for k, v in report["cache"]["after"].items() if k != "digest"} == after
     assert report["store"]["repaired"] == report["store"]["write_errors"] == 0
     assert list((cache / "tmp").iterdir()) == []
 

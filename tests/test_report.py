@@ -398,16 +398,25 @@ def test_uncachable_outside_tests_is_not_blamed_on_a_test() -> None:
 
 
 def test_render_quiet_is_one_line() -> None:
-    """At -q: one summary line (hits/lookups, rate, compile time, dir); a second only
-    for a notice."""
+    """At -q: one summary line (hits/lookups and the rate, with one arithmetic: rate ==
+    hits / lookups; the cachable set's compile time; what compiled outside the cachable
+    set and its time; dir); a second only for a notice."""
     data = build(scenario_recorder())
-    cachable = data["cachable"]
+    cachable, totals = data["cachable"], data["totals"]
     lines = report.render(data, verbosity=-1, durations=10)
     assert len(lines) == 1
-    lookups = cachable["hits"] + cachable["misses"]
-    assert lines[0].startswith(f"jax cache: {cachable['hits']}/{lookups} cachable lookups hit")
-    assert f"({100 * cachable['hit_rate']:.1f}%)" in lines[0]
-    assert f"{sec(data['totals']['compile_secs'])} compiling" in lines[0]
+    assert cachable["lookups"] == cachable["hits"] + cachable["misses"]
+    assert cachable["hit_rate"] == cachable["hits"] / cachable["lookups"]
+    prefix = f"jax cache: {cachable['hits']}/{cachable['lookups']} cachable lookups hit "
+    assert lines[0].startswith(prefix + f"({100 * cachable['hit_rate']:.1f}%), ")
+    inside = totals["compile_secs"] - totals["outside_secs"]
+    assert f", {sec(inside)} compiling" in lines[0]
+    assert totals["outside"] == totals["uncachable"] + totals["unwritten"] + totals["uncached"]
+    outside = (
+        f"; {totals['outside']} programs compiled outside the cachable set "
+        f"({sec(totals['outside_secs'])}: {totals['uncachable']} uncachable"
+    )
+    assert outside in lines[0]
     assert lines[0].endswith("- /work/.jaxcache")
 
     noted = build(scenario_recorder(), notices=["cache dir not writable: using it read-only"])
@@ -613,8 +622,9 @@ def test_render_miss_reasons() -> None:
 
 def test_unwritten_is_told_apart_from_host_callbacks() -> None:
     """A looked-up program that was not written is *uncachable* only when it has host
-    callbacks; without any (a threshold kept it out) it is *unwritten*, counts against
-    the hit rate, and no test is blamed; a compile that raised leaves nothing behind."""
+    callbacks; without any (a threshold kept it out) it is *unwritten*, outside the
+    cachable set like the uncachable one (no hit rate without a cachable lookup), and no
+    test is blamed; a compile that raised leaves nothing behind."""
     recorder = Recorder()
     recorder.begin("t::thresholds", "call")
     recorder.start_compile(host_callbacks=False)
@@ -639,4 +649,6 @@ def test_unwritten_is_told_apart_from_host_callbacks() -> None:
     data = build(recorder)
     assert data["totals"]["unwritten"] == 1 and data["totals"]["uncachable"] == 1
     assert [t["nodeid"] for t in data["uncachable_tests"]] == ["t::callbacks"]
-    assert report.hit_rate(recorder.tests["t::thresholds"].total()) == 0.0
+    assert report.hit_rate(recorder.tests["t::thresholds"].total()) is None
+    assert data["totals"]["outside"] == 2 and data["totals"]["lookups"] == 1
+    assert data["totals"]["outside_secs"] == pytest.approx(0.02)
