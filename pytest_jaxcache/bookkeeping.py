@@ -6,6 +6,7 @@ Layout::
     sessions.json                start times of recent sessions that ran maintenance
     fingerprints/<id>.json       one session fingerprint, named by the id entries carry
     machines/<namespace>.json    what defines a machine namespace (trust.machine_of)
+    contents.json                the digest of the entries, for CI steps that save caches
 
 Every read is capped and every parse is guarded: a garbage or huge file reads as empty
 and is replaced on the next write, never a crash.
@@ -22,6 +23,7 @@ from typing import Any
 from pytest_jaxcache.cachedir import CacheDir
 
 SESSIONS = "sessions.json"
+CONTENTS = "contents.json"
 FINGERPRINTS = "fingerprints"
 MACHINES = "machines"
 SESSIONS_KEPT = 1000
@@ -66,6 +68,17 @@ class Bookkeeping:
         sessions = sorted(set(sessions) | {start})[-SESSIONS_KEPT:]
         self.directory.write_atomic("", SESSIONS, json.dumps({"sessions": sessions}).encode())
         return sessions
+
+    # -- contents ------------------------------------------------------------------------------
+
+    def contents_digest(self) -> str | None:
+        data = read_json(self.directory, "", CONTENTS, 4096)
+        digest = data.get("digest") if isinstance(data, dict) else None
+        return digest if isinstance(digest, str) else None
+
+    def save_contents(self, digest: str, entries: int, size: int) -> None:
+        data = json.dumps({"digest": digest, "entries": entries, "bytes": size}, sort_keys=True)
+        self.directory.write_atomic("", CONTENTS, data.encode() + b"\n")
 
     # -- fingerprints -------------------------------------------------------------------------
 

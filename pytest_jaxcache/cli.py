@@ -5,6 +5,8 @@ directory from CI steps and shells. Values are read with the plugin's own parser
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from collections import Counter
@@ -101,6 +103,51 @@ def clear(args: argparse.Namespace) -> None:
     print(f"removed {Maintenance(directory).clear()} entries from {directory.root}")
 
 
+def _github_output(lines: list[str]) -> None:
+    """Append ``lines`` to the file GitHub Actions reads a step's outputs from."""
+    path = os.environ.get("GITHUB_OUTPUT")
+    if not path:
+        raise CliError("--github-output: GITHUB_OUTPUT is not set (not in GitHub Actions?)")
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(f"{line}\n" for line in lines))
+
+
+def key(args: argparse.Namespace) -> None:
+    from pytest_jaxcache import cikey, jaxhooks
+
+    xla_caches = settings.XLA_CACHES.default
+    variable = settings.XLA_CACHES.env
+    if variable is not None and variable in os.environ:
+        source = settings.Source("env", variable)
+        try:
+            xla_caches = settings.parse_one(
+                settings.XLA_CACHES, os.environ[variable], source, Path.cwd()
+            )
+        except settings.SettingsError as error:
+            raise CliError(str(error)) from None
+    try:
+        fingerprint = jaxhooks.fingerprint_outside_a_session(xla_caches)
+    except jaxhooks.JaxMissing as error:
+        raise CliError(str(error)) from None
+    primary = cikey.key(fingerprint, args.prefix)
+    fallbacks = cikey.restore_keys(fingerprint, args.prefix)
+    if args.json:
+        document = {"key": primary, "restore_keys": fallbacks, "fingerprint": fingerprint}
+        print(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        print("\n".join(fallbacks) if args.restore_keys else primary)
+    if args.github_output:
+        marker = "EOF_JAXCACHE_RESTORE_KEYS"
+        _github_output([f"key={primary}", f"restore-keys<<{marker}", *fallbacks, marker])
+
+
+def digest(args: argparse.Namespace) -> None:
+    value = Maintenance(_cache(args.dir)).usage().digest
+    print(value)
+    if args.github_output:
+        _github_output([f"digest={value}"])
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog=PROG,
@@ -145,6 +192,40 @@ def parser() -> argparse.ArgumentParser:
         help=settings.PRUNE_AFTER.help,
     )
     command("clear", clear, "remove every entry", "Remove every entry of the cache.")
+
+    key_parser = commands.add_parser(
+        "key",
+        help="a CI cache key for this machine and environment",
+        description="Print a key for actions/cache made from what makes entries unusable "
+        "elsewhere (OS, architecture, CPU features, jax and jaxlib versions) and a digest "
+        "of the rest of the fingerprint the plugin stamps on its entries (Python, "
+        "XLA_FLAGS, key-relevant JAX config, the jaxlib build). Imports JAX and starts "
+        "its backends; compiles nothing.",
+    )
+    key_parser.set_defaults(run=key)
+    key_parser.add_argument("--prefix", default="jaxcache", help="the key's first part")
+    key_parser.add_argument(
+        "--restore-keys",
+        action="store_true",
+        help="print the fallback prefixes instead, most specific first",
+    )
+    key_parser.add_argument("--json", action="store_true", help="key, fallbacks and fingerprint")
+    key_parser.add_argument(
+        "--github-output",
+        action="store_true",
+        help="also append key= and restore-keys= to $GITHUB_OUTPUT",
+    )
+    digest_parser = command(
+        "digest",
+        digest,
+        "a digest of the cache's contents",
+        "Print a digest of the entries the cache holds (not of when they were used): "
+        "unchanged contents, unchanged digest. Put it in the key a CI cache is saved "
+        "under, and an unchanged cache is never saved again.",
+    )
+    digest_parser.add_argument(
+        "--github-output", action="store_true", help="also append digest= to $GITHUB_OUTPUT"
+    )
     return top
 
 

@@ -505,6 +505,16 @@ def block_until_ready(value: Any) -> Any:
     return jax.block_until_ready(value)
 
 
+def fingerprint_outside_a_session(xla_caches: str) -> dict[str, str]:
+    """The fingerprint a session would stamp on its entries, computed without one (for
+    ``jaxcache key``): JAX is imported, its backends are initialised (nothing compiles)
+    and the cache configuration the plugin applies is applied first."""
+    jax = _import_jax()
+    jax.config.update("jax_persistent_cache_enable_xla_caches", xla_caches)
+    jax.devices()
+    return fingerprint()
+
+
 def fingerprint() -> dict[str, str]:
     """What this session's entries depend on besides the program: what goes into every
     cache key (versions, XLA_FLAGS, key-relevant config, compression, backends) and what

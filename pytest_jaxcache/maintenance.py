@@ -13,6 +13,7 @@ bytes); files still being written live in ``tmp/`` and are left alone while youn
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import stat
 import time
@@ -59,6 +60,7 @@ class Usage:
     bytes: int
     jax_files: int = 0  # of ``entries``: JAX's own store's, not loaded
     jax_bytes: int = 0
+    digest: str = ""  # of what the cache holds: changes when an entry comes or goes
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,15 @@ class MaintenanceResult:
     reason: str = ""
 
 
+def content_digest(items: list[Item]) -> str:
+    """A digest of the set of entries (their names, which hold their keys, and sizes; not
+    when they were used): equal digests, equal caches, nothing new to save."""
+    digest = hashlib.sha256()
+    for item in sorted(items, key=lambda item: (item.sub, item.name)):
+        digest.update(f"{item.sub}/{item.name}:{item.size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def usage_of(items: list[Item]) -> Usage:
     jax = [item for item in items if item.kind == JAX]
     return Usage(
@@ -82,6 +93,7 @@ def usage_of(items: list[Item]) -> Usage:
         bytes=sum(item.size for item in items),
         jax_files=sum(item.counts_as_entry for item in jax),
         jax_bytes=sum(item.size for item in jax),
+        digest=content_digest(items),
     )
 
 

@@ -220,18 +220,29 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         workeroutput[EXCHANGE_KEY] = cache_session.worker_report().to_builtins()
         return
     from pytest_jaxcache import report
-    from pytest_jaxcache.session import write_json
+    from pytest_jaxcache.session import append_text, write_json
 
     cache_session.finish()
     data = cache_session.build_report()
     config.stash[REPORT] = data
-    target = cache_session.settings.report_path
-    if target is not None:
+    resolved = cache_session.settings
+    if resolved.report_path is not None:
         try:
-            write_json(target, data)
+            write_json(resolved.report_path, data)
         except OSError as error:  # the report is ours: its problem must not fail the run
             data["cache"]["notices"].append(
-                f"could not write the JSON report to {target}: {error.strerror or error}"
+                f"could not write the JSON report to {resolved.report_path}: "
+                f"{error.strerror or error}"
+            )
+    if resolved.summary_path is not None:
+        from pytest_jaxcache.summary import markdown
+
+        try:
+            append_text(resolved.summary_path, markdown(data, durations=resolved.durations))
+        except OSError as error:
+            data["cache"]["notices"].append(
+                f"could not write the job summary to {resolved.summary_path}: "
+                f"{error.strerror or error}"
             )
     if cache_session.settings.strict and report.unmarked_uncachable(data):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

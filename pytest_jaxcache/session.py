@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -290,17 +289,39 @@ class CacheSession:
             leftovers = maintenance.has_temporaries()  # a writer was killed mid-write
         except OSError:
             leftovers = False
-        if not (
-            self.total_stats().writes or leftovers or over_cap or self.settings.prune_after_sessions
-        ):
+        stats = self.total_stats()
+        changed = stats.writes or stats.repaired or stats.wrong_key
+        if not (changed or leftovers or over_cap or self.settings.prune_after_sessions):
             self.after = self.before  # this session changed nothing: no second scan
+        else:
+            self.maintenance = maintenance.maintain(
+                max_size_bytes=cap,
+                prune_after_sessions=self.settings.prune_after_sessions,
+                session_start=self.started_at,
+            )
+            self.after = self._usage()
+        self._record_contents()
+
+    def _record_contents(self) -> None:
+        """Keep contents.json (digest, entries, bytes) in step with what the cache holds,
+        for CI steps that key a saved cache on it; rewritten only when it changed."""
+        assert self.store is not None
+        if self.after is None:
             return
-        self.maintenance = maintenance.maintain(
-            max_size_bytes=cap,
-            prune_after_sessions=self.settings.prune_after_sessions,
-            session_start=self.started_at,
-        )
-        self.after = self._usage()
+        books = Bookkeeping(self.store.directory)
+        if books.contents_digest() == self.after.digest:
+            return
+        try:
+            books.save_contents(self.after.digest, self.after.entries, self.after.bytes)
+        except OSError as error:
+            self.notices.append(f"could not record the cache's contents: {error}")
+
+    @property
+    def changed(self) -> bool | None:
+        """Whether the cache's contents changed in this session (``None``: unknown)."""
+        if self.before is None or self.after is None:
+            return None
+        return self.before.digest != self.after.digest
 
     def _machine(self) -> dict[str, str]:
         """This machine, as this process (or, on an xdist controller that never
@@ -338,6 +359,8 @@ class CacheSession:
             "before": None if self.before is None else asdict(self.before),
             "after": None if self.after is None else asdict(self.after),
             "maintenance": None if self.maintenance is None else asdict(self.maintenance),
+            "changed": self.changed,
+            "digest": None if self.after is None else self.after.digest,
         }
         from pytest_jaxcache import report
 
@@ -369,9 +392,13 @@ class CacheSession:
             self.installation = None
 
 
-def write_json(path: os.PathLike[str], data: dict[str, Any]) -> None:
-    from pathlib import Path
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=2) + "\n")
+
+def append_text(path: Path, text: str) -> None:
+    """Append ``text`` (a job summary: other steps append to the same file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)

@@ -288,6 +288,10 @@ DURATIONS = Option[int]("durations", parse_durations, DEFAULT_DURATIONS, metavar
 REPORT = Option[Path | None]("report_path", parse_path, None, metavar="PATH",
     cli="--jax-cache-report", ini="jax_cache_report",
     help="write the session's compile report as JSON to PATH")
+SUMMARY = Option[Path | None]("summary_path", parse_path, None, metavar="PATH",
+    cli="--jax-cache-summary", ini="jax_cache_summary", env="GITHUB_STEP_SUMMARY",
+    help="append a Markdown summary of the session to PATH (in GitHub Actions: the job "
+    "summary; empty: none)")
 SHARED = Option[bool]("shared", parse_bool, False, flag=True,
     cli="--jax-cache-shared", ini="jax_cache_shared", env="JAX_CACHE_SHARED",
     help="load from a cache directory that other users can write (shared on purpose): "
@@ -312,6 +316,7 @@ OPTIONS: tuple[Option[Any], ...] = (
     STORE,
     DURATIONS,
     REPORT,
+    SUMMARY,
     SHARED,
     LOAD_UNVERIFIED,
 )
@@ -333,6 +338,7 @@ class Settings:
     store: StoreKind = STORE.default
     durations: int = DURATIONS.default
     report_path: Path | None = REPORT.default
+    summary_path: Path | None = SUMMARY.default
     shared: bool = SHARED.default
     load_unverified: bool = LOAD_UNVERIFIED.default
     sources: Mapping[str, Source] = field(default_factory=dict)

@@ -67,6 +67,11 @@ SAMPLES: dict[str, dict[str, tuple[str, Any]]] = {
     "store": {"cli": ("jax", StoreKind.JAX), "ini": ("pytest-jaxcache", StoreKind.OURS)},
     "durations": {"cli": ("5", 5), "ini": ("-1", -1)},
     "report_path": {"cli": ("r.json", HERE / "r.json"), "ini": ("i.json", ROOT / "i.json")},
+    "summary_path": {
+        "cli": ("s.md", HERE / "s.md"),
+        "ini": ("i.md", ROOT / "i.md"),
+        "env": ("/runner/summary", Path("/runner/summary")),
+    },
     "shared": {"cli": ("true", True), "ini": ("false", False), "env": ("1", True)},
     "load_unverified": {"cli": ("true", True), "ini": ("off", False), "env": ("yes", True)},
 }
@@ -85,6 +90,7 @@ BAD: dict[str, tuple[str, str]] = {
     "store": ("mine", "expected one of pytest-jaxcache, jax"),
     "durations": ("-2", "must be at least -1"),
     "report_path": ("", ""),  # every text is a path
+    "summary_path": ("", ""),  # every text is a path
     "shared": ("sure", "expected true or false"),
     "load_unverified": ("2", "expected true or false"),
 }
