@@ -16,6 +16,9 @@ removal or a change of meaning bumps it)::
     cachable: counts of unmarked tests' work (hit_rate excludes ``jax_errors`` tests)
     errors:   counts of tests marked ``jax_errors``
     store:    what the store did, summed over processes (hits, writes, repaired, ...)
+    remote:   null, or {url, namespace, mode, off (why it was turned off) | null, hits,
+              misses, refused, prefetched, prefetched_used, uploads, upload_failures,
+              not_uploaded, bytes_down, bytes_up, io_secs, errors[]}, summed over processes
     tests[]:  {nodeid, worker, markers[], phases{setup|call|teardown|collect: counts}}
     compiles[]: {name, outcome: hit|miss|uncachable|unwritten|uncached, secs, test, phase,
                  worker, key}  (key: the cache key, "" when our store did not see it)
@@ -71,6 +74,7 @@ def build(
     jax_versions: dict[str, str | None],
     store_stats: dict[str, Any],
     misses: list[tuple[str, int, list[str]]],
+    remote: dict[str, Any] | None = None,
     workers: dict[str, dict[str, Any]],
     lost_workers: list[str],
 ) -> dict[str, Any]:
@@ -99,6 +103,7 @@ def build(
         "cachable": _counts_json(cachable),
         "errors": _counts_json(errors),
         "store": store_stats,
+        "remote": remote,
         "tests": tests,
         "compiles": [asdict(c) for c in recorder.compiles],
         "uncachable_tests": _uncachable_tests(recorder),
@@ -195,6 +200,7 @@ def render(data: dict[str, Any], *, verbosity: int, durations: int) -> list[str]
         f"{_secs(totals['trace_secs'])} tracing, {_secs(totals['lower_secs'])} lowering",
     ]
     lines += _store_lines(data)
+    lines += _remote_lines(data)
     lines += _slowest(data, durations)
     lines += _uncachable_lines(data)
     if data["unneeded_markers"]:
@@ -334,6 +340,28 @@ def slowest_phases(
     return (rows if durations == 0 else rows[:durations]), len(rows)
 
 
+def remote_figures(remote: dict[str, Any]) -> str:
+    """What the session did with the remote tier, in one line."""
+    return (
+        f"{remote['hits']} hits, {remote['prefetched']} prefetched "
+        f"({remote['prefetched_used']} used), {remote['uploads']} uploaded, "
+        f"{remote['upload_failures']} uploads failed, {remote['not_uploaded']} not uploaded, "
+        f"{remote['refused']} refused; {format_size(remote['bytes_down'])} down, "
+        f"{format_size(remote['bytes_up'])} up, {_secs(remote['io_secs'])} remote I/O"
+    )
+
+
+def _remote_lines(data: dict[str, Any]) -> list[str]:
+    remote = data.get("remote")
+    if remote is None:
+        return []
+    namespace = remote["namespace"] or "?"
+    return [
+        f"remote: {remote['url']} (namespace {namespace}, {remote['mode']}): "
+        + remote_figures(remote)
+    ]
+
+
 def _slowest(data: dict[str, Any], durations: int) -> list[str]:
     shown, total = slowest_phases(data, durations)
     if not shown:
@@ -396,6 +424,9 @@ def _worker_lines(data: dict[str, Any]) -> list[str]:
 
 def _problems(data: dict[str, Any]) -> list[str]:
     problems = list(data["cache"].get("notices", []))
+    remote = data.get("remote")
+    if remote is not None and remote["off"]:
+        problems.append(f"remote {remote['url']}: {remote['off']}")
     for worker in data["lost_workers"]:
         problems.append(f"worker {worker} crashed: its compile records are missing")
     warnings = data["cache_warnings"]

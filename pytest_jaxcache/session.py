@@ -6,19 +6,19 @@ the workers' reports, run maintenance and build the report. The pytest hooks in
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_jaxcache import explain, jaxhooks, ownership, trust
+from pytest_jaxcache import explain, jaxhooks, keys, ownership, trust
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import CacheDir
 from pytest_jaxcache.maintenance import Maintenance, MaintenanceResult, Usage, jax_files_usage
-from pytest_jaxcache.recorder import MISS, Recorder
+from pytest_jaxcache.recorder import HIT, MISS, Recorder
+from pytest_jaxcache.remote import Remote, RemoteStats
 from pytest_jaxcache.settings import Mode, Settings, StoreKind
 from pytest_jaxcache.store import ENTRIES, Policy, Store, StoreStats
 from pytest_jaxcache.worker_report import WorkerReport
@@ -52,6 +52,7 @@ class CacheSession:
     worker: str = ""  # this process's xdist worker id; "" on the controller or alone
     mode: Mode = Mode.READWRITE
     store: Store | None = None
+    remote: Remote | None = None
     directory: CacheDir | None = None  # the local directory, whichever store serves it
     installation: jaxhooks.Installation | None = None
     notices: list[str] = field(default_factory=list)
@@ -66,24 +67,43 @@ class CacheSession:
     # -- start ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the store; configure JAX when it is imported (at once if it already
-        is). Raises :class:`jaxhooks.JaxMissing`, before any directory is made."""
+        """Open the store (and the remote tier behind it); configure JAX when it is
+        imported (at once if it already is). Raises :class:`jaxhooks.JaxMissing`, before
+        any directory is made, and :class:`UnusableCache`."""
         jaxhooks.ensure_installed()
         self.mode = self.settings.mode
         if self.settings.store is StoreKind.OURS:
             self.store = self._open_store()
             self.directory = None if self.store is None else self.store.directory
+            self._open_remote()
         elif self.settings.cache_dir is not None:
             self.directory = CacheDir(self.settings.cache_dir)
         self._cancel_install = jaxhooks.when_jax_imported(self._install)
 
+    def _open_remote(self) -> None:
+        url = self.settings.remote_url
+        if url is None or self.store is None:
+            return
+        self.remote = Remote(
+            url,
+            timeout_secs=self.settings.remote_timeout_secs,
+            readonly=self.settings.remote_mode is Mode.READONLY,
+        )
+        self.store.remote = self.remote
+        if self.settings.xla_caches != "none":  # XLA's caches cannot live in a bucket
+            self.notices.append(
+                f"with a remote tier, jax_persistent_cache_enable_xla_caches is none "
+                f"(not {self.settings.xla_caches!r})"
+            )
+            self.settings = replace(self.settings, xla_caches="none")
+
     def _location(self) -> str | None:
         """Where JAX is pointed: our directory, JAX's own directory or URL, or nowhere."""
-        if self.settings.store is StoreKind.OURS and self.settings.cache_dir is not None:
+        if self.settings.store is StoreKind.OURS:
             return None if self.store is None else str(self.store.root)
-        if self.settings.cache_dir is not None:
-            return str(self.settings.cache_dir)
-        return self.settings.remote_url
+        if self.settings.location.path is not None:
+            return str(self.settings.location.path)
+        return self.settings.location.url
 
     def _install(self) -> None:
         """Runs inside ``import jax``: report a failure, never raise it into the import."""
@@ -101,13 +121,6 @@ class CacheSession:
     def _open_store(self) -> Store | None:
         """Our store on the configured directory, or ``None`` (with a notice) when it
         cannot be used; :class:`UnusableCache` when the directory is not ours."""
-        if self.settings.remote_url is not None:
-            self.notices.append(
-                f"{self.settings.remote_url} is remote: JAX's own store serves it (needs "
-                "etils[epath] and gcsfs for gs://); no single flight, integrity checks or "
-                "eviction"
-            )
-            return None
         root = self.settings.cache_dir
         assert root is not None
         directory = self._adopt(root)
@@ -184,8 +197,7 @@ class CacheSession:
         session's environment."""
         assert self.store is not None
         self.fingerprint = jaxhooks.fingerprint()
-        text = json.dumps(self.fingerprint, sort_keys=True).encode()
-        session_id = hashlib.sha256(text).hexdigest()[:16]
+        session_id = trust.fingerprint_id(self.fingerprint)
         self.store.bind(
             trust.namespace(self.fingerprint), trust.machine_of(self.fingerprint), session_id
         )
@@ -194,6 +206,12 @@ class CacheSession:
                 Bookkeeping(self.store.directory).save_fingerprint(session_id, self.fingerprint)
             except OSError as error:
                 self.store.stats.note(f"fingerprint: {error}")
+        if self.remote is not None and self.settings.prefetch:
+            used = self.remote.used_before(self.store.machine, session_id)
+            self.store.prefetch(
+                {name for names in used for name in names},
+                wait_secs=4 * self.settings.remote_timeout_secs,
+            )
 
     def measure_before(self) -> None:
         self.before = self._usage()
@@ -228,8 +246,17 @@ class CacheSession:
             misses=self.explain_misses(),
             notices=list(self.notices),
             installed=None if self.installation is None else self.installation.facts,
-            machine=self._machine(),
+            remote=self._flushed_remote(),
+            prefetched=sorted(self.store.prefetched) if self.store is not None else [],
+            fingerprint=dict(self.fingerprint),
         )
+
+    def _flushed_remote(self) -> RemoteStats:
+        """This process's remote figures, once its uploads are done (or given up)."""
+        if self.remote is None:
+            return RemoteStats()
+        self.remote.flush(3 * self.settings.remote_timeout_secs)
+        return self.remote.stats
 
     def absorb(self, worker: str, report: WorkerReport) -> None:
         """Fold a finished worker's report into this (controller) session."""
@@ -275,6 +302,7 @@ class CacheSession:
         """Controller (or only process): maintenance under the directory lock, when
         there can be work: this session wrote, pruning is on, the cache was over its cap
         already, or a killed writer left a temporary file. A warm run skips it."""
+        self._record_used()
         if self.store is None:
             self.after = self._usage()
             return
@@ -323,15 +351,45 @@ class CacheSession:
             return None
         return self.before.digest != self.after.digest
 
-    def _machine(self) -> dict[str, str]:
-        """This machine, as this process (or, on an xdist controller that never
-        imported JAX, a worker) knows it."""
-        if self.store is not None and self.store.machine_facts:
-            return dict(self.store.machine_facts)
+    def _fingerprint(self) -> dict[str, str]:
+        """This session's fingerprint, as this process (or, on an xdist controller that
+        never imported JAX, a worker) knows it."""
+        if self.fingerprint:
+            return dict(self.fingerprint)
         for sent in self.workers.values():
-            if sent.machine:
-                return dict(sent.machine)
+            if sent.fingerprint:
+                return dict(sent.fingerprint)
         return {}
+
+    def _machine(self) -> dict[str, str]:
+        return trust.machine_of(self._fingerprint())
+
+    def total_remote(self) -> RemoteStats:
+        """What the session did with the remote: this process and every worker."""
+        stats = RemoteStats()
+        stats.add(self._flushed_remote())
+        prefetched = set(self.store.prefetched) if self.store is not None else set()
+        for sent in self.workers.values():
+            stats.add(sent.remote)
+            prefetched.update(sent.prefetched)
+        hit = {keys.file_name(c.key) for c in self.recorder.compiles if c.outcome == HIT}
+        stats.prefetched_used = len(prefetched & hit)
+        return stats
+
+    def _record_used(self) -> None:
+        """Tell the remote what this session used: the next session of this
+        fingerprint, on any machine of the fleet, prefetches it."""
+        fingerprint = self._fingerprint()
+        if self.remote is None or not fingerprint:
+            return
+        used = {
+            keys.file_name(c.key)
+            for c in self.recorder.compiles
+            if c.key and c.outcome in (HIT, MISS)
+        }
+        self.remote.record_used(
+            trust.namespace(fingerprint), trust.fingerprint_id(fingerprint), used
+        )
 
     def installed(self) -> jaxhooks.InstallFacts | None:
         """Store kind and JAX versions: this process's, or (an xdist controller that
@@ -362,6 +420,16 @@ class CacheSession:
             "changed": self.changed,
             "digest": None if self.after is None else self.after.digest,
         }
+        remote = None
+        if self.remote is not None:
+            fingerprint = self._fingerprint()
+            remote = {
+                "url": self.remote.url,
+                "namespace": trust.namespace(fingerprint) if fingerprint else None,
+                "mode": "readonly" if self.remote.readonly else "readwrite",
+                "off": self.remote.off_reason or None,
+                **asdict(self.total_remote()),
+            }
         from pytest_jaxcache import report
 
         return report.build(
@@ -372,6 +440,7 @@ class CacheSession:
                 "jaxlib": None if installed is None else installed.jaxlib,
             },
             store_stats=asdict(self.total_stats()),
+            remote=remote,
             misses=explain.summarise(misses),
             workers={
                 worker: {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import hashlib
 import math
 import os
 import re
@@ -229,6 +230,31 @@ def parse_location(text: str, base: Path) -> Location:
     return Location(path=path)
 
 
+def parse_url(text: str, _base: Path | None = None) -> str | None:
+    value = text.strip()
+    if not value:
+        return None
+    if not _REMOTE.match(value):
+        raise ValueError(
+            f"expected a URL such as gs://bucket/prefix or s3://bucket/prefix, got {text!r}"
+        )
+    return value.rstrip("/")
+
+
+def parse_positive_seconds(text: str, _base: Path | None = None) -> float:
+    seconds = parse_seconds(text)
+    if seconds <= 0:
+        raise ValueError(f"must be more than 0, got {text!r}")
+    return seconds
+
+
+def default_local_dir(url: str) -> Path:
+    """The local first tier of a remote given as the cache directory:
+    ``$XDG_CACHE_HOME/pytest-jaxcache/<digest of the URL>`` (``~/.cache`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pytest-jaxcache" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
 def parse_path(text: str, base: Path) -> Path | None:
     value = text.strip()
     return expand_path(value, base) if value else None
@@ -292,6 +318,21 @@ SUMMARY = Option[Path | None]("summary_path", parse_path, None, metavar="PATH",
     cli="--jax-cache-summary", ini="jax_cache_summary", env="GITHUB_STEP_SUMMARY",
     help="append a Markdown summary of the session to PATH (in GitHub Actions: the job "
     "summary; empty: none)")
+REMOTE = Option[str | None]("remote", parse_url, None, metavar="URL",
+    cli="--jax-cache-remote", ini="jax_cache_remote", env="JAX_CACHE_REMOTE",
+    help="a bucket behind the local cache, shared by a fleet: gs://bucket/prefix, "
+    "s3://bucket/prefix, any fsspec URL (a URL as --jax-cache-dir means the same)")
+REMOTE_MODE = Option[Mode]("remote_mode", _choice(Mode), Mode.READWRITE,
+    cli="--jax-cache-remote-mode", ini="jax_cache_remote_mode", env="JAX_CACHE_REMOTE_MODE",
+    help="readwrite (default) or readonly: read the remote, never upload to it")
+REMOTE_TIMEOUT = Option[float]("remote_timeout_secs", parse_positive_seconds, 10.0,
+    cli="--jax-cache-remote-timeout", ini="jax_cache_remote_timeout", metavar="SECS",
+    help="deadline of each remote operation (default 10); a few failures in a row turn "
+    "the remote off for the session")
+PREFETCH = Option[bool]("prefetch", parse_bool, True, metavar="yes|no",
+    cli="--jax-cache-prefetch", ini="jax_cache_prefetch",
+    help="download what the last sessions of this machine used, in one bulk transfer, at "
+    "the first compile (default yes)")
 SHARED = Option[bool]("shared", parse_bool, False, flag=True,
     cli="--jax-cache-shared", ini="jax_cache_shared", env="JAX_CACHE_SHARED",
     help="load from a cache directory that other users can write (shared on purpose): "
@@ -317,6 +358,10 @@ OPTIONS: tuple[Option[Any], ...] = (
     DURATIONS,
     REPORT,
     SUMMARY,
+    REMOTE,
+    REMOTE_MODE,
+    REMOTE_TIMEOUT,
+    PREFETCH,
     SHARED,
     LOAD_UNVERIFIED,
 )
@@ -339,6 +384,10 @@ class Settings:
     durations: int = DURATIONS.default
     report_path: Path | None = REPORT.default
     summary_path: Path | None = SUMMARY.default
+    remote: str | None = REMOTE.default
+    remote_mode: Mode = REMOTE_MODE.default
+    remote_timeout_secs: float = REMOTE_TIMEOUT.default
+    prefetch: bool = PREFETCH.default
     shared: bool = SHARED.default
     load_unverified: bool = LOAD_UNVERIFIED.default
     sources: Mapping[str, Source] = field(default_factory=dict)
@@ -348,11 +397,16 @@ class Settings:
 
     @property
     def cache_dir(self) -> Path | None:
+        """The local directory: the one given, or the local first tier of a remote given
+        as the directory (with our store; JAX's own store takes the URL itself)."""
+        if self.location.url is not None and self.store is StoreKind.OURS:
+            return default_local_dir(self.location.url)
         return self.location.path
 
     @property
     def remote_url(self) -> str | None:
-        return self.location.url
+        """The remote tier (ours), or, with JAX's own store, the URL JAX is pointed at."""
+        return self.remote or self.location.url
 
     @property
     def enabled(self) -> bool:
@@ -365,7 +419,10 @@ class Settings:
     @property
     def where(self) -> str:
         """The cache location as the report header shows it."""
-        return self.remote_url or str(self.cache_dir)
+        if self.store is StoreKind.JAX and self.location.url is not None:
+            return self.location.url
+        remote = f" + {self.remote_url}" if self.remote_url else ""
+        return f"{self.cache_dir}{remote}"
 
 
 def pick(option: Option[Any], raw: Raw) -> tuple[str | None, Source]:
@@ -413,4 +470,10 @@ def resolve(raw: Mapping[Option[Any], Raw], *, rootpath: Path, invocation_dir: P
         base = rootpath if source.kind == "ini" else invocation_dir
         values[option.attr] = parse_one(option, text, source, base)
         sources[option.attr] = source
-    return Settings(**values, sources=sources)
+    resolved = Settings(**values, sources=sources)
+    if resolved.remote is not None and resolved.location.url is not None:
+        raise SettingsError(
+            f"{resolved.dir_source} and {resolved.source(REMOTE)} both name a remote: give "
+            "--jax-cache-dir a local directory, or leave --jax-cache-remote out"
+        )
+    return resolved

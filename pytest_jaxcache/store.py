@@ -34,6 +34,7 @@ from pytest_jaxcache import entry, keys, trust
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import TMP, CacheDir, OddFile
 from pytest_jaxcache.entry import Entry, Metadata, Refused
+from pytest_jaxcache.remote import Remote
 from pytest_jaxcache.tally import MAX_MESSAGES, Tally
 from pytest_jaxcache.trust import Signer
 
@@ -78,6 +79,7 @@ class Lookup:
     entry: Entry | None = None
     refused: str = ""  # why an entry that exists for the key was not loaded
     waited_secs: float = 0.0  # spent waiting for another process's compile
+    remote: bool = False  # the entry came from the remote tier
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class Store:
         self.machine = ""  # this process's namespace; set by bind()
         self.machine_facts: dict[str, str] = {}
         self.session = ""  # the id of this session's fingerprint, stamped on entries
+        self.remote: Remote | None = None  # the tier behind this one, if any
+        self.prefetched: set[str] = set()  # entries this process downloaded ahead
+        self._bad_remote: set[str] = set()  # the remote holds a refused entry of these
         self._claims = threading.local()
 
     @property
@@ -159,8 +164,13 @@ class Store:
             return Lookup(refused="the machine is not known yet: nothing is loaded")
         name = keys.file_name(key)
         found = self._read(key, name)
-        if found.entry is None and not self.readonly and not self._uncachable(name):
+        # A key whose last compile wrote nothing (host callbacks): nobody waits, nothing
+        # is fetched.
+        cachable = found.entry is not None or not self._uncachable(name)
+        if found.entry is None and not self.readonly and cachable:
             found = self._claim(key, name, found)
+        if found.entry is None and cachable and self.remote is not None and self.remote.on:
+            found = self._from_remote(key, name, found)  # the claim (if any) is ours
         if found.entry is not None:
             self.stats.hits += 1
             return found
@@ -168,6 +178,71 @@ class Store:
         if not found.refused:
             found = Lookup(None, self._elsewhere(name), found.waited_secs)
         return found
+
+    def _from_remote(self, key: str, name: str, local: Lookup) -> Lookup:
+        """Read-through: the remote's entry for ``key``, verified as a local one is, and
+        written locally (atomically) before it is served."""
+        assert self.remote is not None
+        data = self.remote.get(self.machine, name)
+        if data is None:
+            return local
+        try:
+            found = entry.decode(
+                key,
+                data,
+                signer=self.policy.signer,
+                machine=self.machine,
+                load_unverified=self.policy.load_unverified,
+            )
+        except Refused as refusal:
+            self.remote.stats.refused += 1
+            self._bad_remote.add(name)
+            return Lookup(None, f"the remote's entry: {refusal.reason}", local.waited_secs)
+        self.remote.stats.hits += 1
+        if not self.readonly:
+            try:
+                self.directory.write_atomic(self._sub(), name, data)
+            except OSError as error:
+                self.stats.note(f"keep {name} from the remote: {error}")
+        return Lookup(found, waited_secs=local.waited_secs, remote=True)
+
+    def prefetch(self, names: Iterable[str], wait_secs: float) -> None:
+        """Download, in one bulk transfer, the entries of ``names`` this machine does not
+        hold yet; one process of the machine does it while the others wait for it."""
+        if self.remote is None or not self.remote.on or self.readonly:
+            return
+        import filelock
+
+        lock = filelock.FileLock(str(self.directory.path(LOCKS, "prefetch.lock")))
+        try:
+            self.directory.fd(LOCKS, create=True)
+            with lock.acquire(timeout=wait_secs):
+                missing = [n for n in names if not self.directory.exists(self._sub(), n)]
+                for name, data in self.remote.get_many(self.machine, missing).items():
+                    self._keep_prefetched(name, data)
+        except (filelock.Timeout, OSError) as error:
+            self.stats.note(f"prefetch: {error}")
+
+    def _keep_prefetched(self, name: str, data: bytes) -> None:
+        assert self.remote is not None
+        try:  # an entry's file name is its key (keys.file_name keeps JAX's keys whole)
+            entry.decode(
+                name,
+                data,
+                signer=self.policy.signer,
+                machine=self.machine,
+                load_unverified=self.policy.load_unverified,
+            )
+            self.directory.write_atomic(self._sub(), name, data)
+        except Refused:
+            self.remote.stats.refused += 1
+            self._bad_remote.add(name)
+            return
+        except OSError as error:
+            self.stats.note(f"prefetch {name}: {error}")
+            return
+        self.remote.stats.prefetched += 1
+        self.prefetched.add(name)
 
     def _read(self, key: str, name: str, *, again: bool = False) -> Lookup:
         """This key's entry, if it may be loaded. ``again``: a second look in the same
@@ -339,6 +414,8 @@ class Store:
                 return False
             self.stats.writes += 1
             self.stats.bytes_written += len(data)
+            if self.remote is not None:
+                self.remote.put_later(self.machine, name, data, replace=name in self._bad_remote)
             with contextlib.suppress(OSError):  # the key is cachable after all
                 self.directory.unlink(LOCKS, f"{name}.nocache")
             return True

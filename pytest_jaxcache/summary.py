@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pytest_jaxcache.markers import ERRORS
-from pytest_jaxcache.report import compiled_outside, slowest_phases
+from pytest_jaxcache.report import compiled_outside, remote_figures, slowest_phases
 from pytest_jaxcache.settings import format_size
 
 _SHOWN = 10  # rows of each table; the rest is counted
@@ -80,6 +80,10 @@ def markdown(data: dict[str, Any], *, durations: int = 10) -> str:
             f"{store.get('repaired', 0)} repaired",
         ],
     ]
+    remote = data.get("remote")
+    if remote is not None:
+        state = f"off: {remote['off']}" if remote["off"] else remote_figures(remote)
+        rows.append(["Remote", _cell(f"{remote['url']} ({remote['mode']}): {state}")])
     lines = ["### JAX compilation cache", "", *_table(["", ""], ["---", "---"], rows), ""]
     lines += _slowest(data, durations)
     lines += _uncachable(data)

@@ -205,6 +205,12 @@ def machine_of(fingerprint: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def fingerprint_id(fingerprint: Mapping[str, str]) -> str:
+    """The id of a session fingerprint (16 hex digits), stamped on the entries it wrote."""
+    text = json.dumps(dict(fingerprint), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def namespace(fingerprint: Mapping[str, str]) -> str:
     """The namespace of entries written under ``fingerprint``: 16 hex digits."""
     text = json.dumps(machine_of(fingerprint), sort_keys=True)

@@ -14,6 +14,7 @@ from typing import Any
 from pytest_jaxcache.explain import Miss
 from pytest_jaxcache.jaxhooks import InstallFacts
 from pytest_jaxcache.recorder import CompileRecord, Counts, Records, TestRecord
+from pytest_jaxcache.remote import RemoteStats
 from pytest_jaxcache.store import StoreStats
 
 VERSION = 1
@@ -33,7 +34,9 @@ class WorkerReport:
     misses: list[Miss] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     installed: InstallFacts | None = None
-    machine: dict[str, str] = field(default_factory=dict)  # what defines its namespace
+    remote: RemoteStats = field(default_factory=RemoteStats)
+    prefetched: list[str] = field(default_factory=list)  # entries it downloaded ahead
+    fingerprint: dict[str, str] = field(default_factory=dict)  # stamped on its entries
 
     def to_builtins(self) -> dict[str, Any]:
         return {
@@ -43,7 +46,9 @@ class WorkerReport:
             "misses": [asdict(miss) for miss in self.misses],
             "notices": list(self.notices),
             "installed": None if self.installed is None else asdict(self.installed),
-            "machine": dict(self.machine),
+            "remote": asdict(self.remote),
+            "prefetched": list(self.prefetched),
+            "fingerprint": dict(self.fingerprint),
         }
 
     @classmethod
@@ -65,7 +70,9 @@ class WorkerReport:
             misses=[Miss(**item) for item in data["misses"]],
             notices=list(data["notices"]),
             installed=None if installed is None else InstallFacts(**installed),
-            machine={str(k): str(v) for k, v in data["machine"].items()},
+            remote=RemoteStats(**data["remote"]),
+            prefetched=[str(name) for name in data["prefetched"]],
+            fingerprint={str(k): str(v) for k, v in data["fingerprint"].items()},
         )
 
 
