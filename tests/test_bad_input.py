@@ -215,19 +215,19 @@ def test_uncached_session_does_not_blame_tests(pytester: pytest.Pytester, run_ja
 def test_remote_dir_without_etils_runs_uncached_with_a_notice(
     pytester: pytest.Pytester, run_jax: RunJax
 ) -> None:
-    """A ``gs://`` cache dir is left to JAX's own store, never turned into a local path;
-    without etils JAX could not use it, so the session runs uncached with one notice
-    saying so, green under ``-W error``, blaming no test."""
+    """With ``--jax-cache-store=jax`` a ``gs://`` cache dir is handed to JAX's own store,
+    never turned into a local path; without etils JAX could not use it, so the session
+    runs uncached with one notice saying so, green under ``-W error``, blaming no test."""
     pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
-    result, report = run_jax("--jax-cache-dir=gs://no-such-bucket/jaxcache", "-W", "error")
+    result, report = run_jax(
+        "--jax-cache-dir=gs://no-such-bucket/jaxcache", "--jax-cache-store=jax", "-W", "error"
+    )
     result.assert_outcomes(passed=N_SUITE)
     assert report["cache"]["dir"] == "gs://no-such-bucket/jaxcache"
     assert report["cache"]["store"] == "none"
-    notices = report["cache"]["notices"]
-    assert any("is remote: JAX's own store serves it" in notice for notice in notices)
-    assert any(
-        notice.endswith("etils[epath] is not installed: running uncached") for notice in notices
-    )
+    assert report["cache"]["notices"] == [
+        "gs://no-such-bucket/jaxcache: etils[epath] is not installed: running uncached"
+    ]
     assert {c["outcome"] for c in report["compiles"]} == {"uncached"}
     assert report["uncachable_tests"] == [] and report["cache_warnings"] == []
     assert not (pytester.path / "gs:").exists()

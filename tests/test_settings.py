@@ -72,6 +72,18 @@ SAMPLES: dict[str, dict[str, tuple[str, Any]]] = {
         "ini": ("i.md", ROOT / "i.md"),
         "env": ("/runner/summary", Path("/runner/summary")),
     },
+    "remote": {
+        "cli": ("gs://bucket/prefix", "gs://bucket/prefix"),
+        "ini": ("s3://bucket/ci/ ", "s3://bucket/ci"),
+        "env": ("memory://cache", "memory://cache"),
+    },
+    "remote_mode": {
+        "cli": ("readonly", Mode.READONLY),
+        "ini": ("readwrite", Mode.READWRITE),
+        "env": ("READONLY", Mode.READONLY),
+    },
+    "remote_timeout_secs": {"cli": ("2", 2.0), "ini": ("0.5", 0.5)},
+    "prefetch": {"cli": ("no", False), "ini": ("yes", True)},
     "shared": {"cli": ("true", True), "ini": ("false", False), "env": ("1", True)},
     "load_unverified": {"cli": ("true", True), "ini": ("off", False), "env": ("yes", True)},
 }
@@ -91,6 +103,10 @@ BAD: dict[str, tuple[str, str]] = {
     "durations": ("-2", "must be at least -1"),
     "report_path": ("", ""),  # every text is a path
     "summary_path": ("", ""),  # every text is a path
+    "remote": ("bucket/prefix", "expected a URL such as gs://bucket/prefix"),
+    "remote_mode": ("sometimes", "expected one of readwrite, readonly"),
+    "remote_timeout_secs": ("0", "must be more than 0"),
+    "prefetch": ("maybe", "expected true or false"),
     "shared": ("sure", "expected true or false"),
     "load_unverified": ("2", "expected true or false"),
 }
@@ -237,13 +253,29 @@ def test_existing_directory_is_a_location(tmp_path: Path) -> None:
     assert resolve({DIR: Raw(str(tmp_path))}).cache_dir == tmp_path
 
 
-def test_remote_url_is_kept_as_a_url() -> None:
-    """``gs://bucket/dir`` is not a relative path to expand into the invocation dir."""
+def test_a_url_as_the_directory_is_a_remote_with_a_default_local_tier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gs://bucket/dir`` is not a relative path to expand into the invocation dir: it
+    is the remote tier, and the local tier goes to $XDG_CACHE_HOME/pytest-jaxcache/<digest>
+    (a digest of the URL); with JAX's own store, JAX gets the URL itself."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     resolved = resolve({DIR: Raw("gs://bucket/jaxcache")})
     assert resolved.enabled
-    assert resolved.cache_dir is None
     assert resolved.remote_url == "gs://bucket/jaxcache"
-    assert resolved.where == "gs://bucket/jaxcache"
+    assert resolved.cache_dir is not None
+    assert resolved.cache_dir.parent == tmp_path / "xdg" / "pytest-jaxcache"
+    assert resolved.cache_dir == resolve({DIR: Raw(ini="gs://bucket/jaxcache")}).cache_dir
+    assert resolved.cache_dir != resolve({DIR: Raw("gs://bucket/other")}).cache_dir
+    assert resolved.where == f"{resolved.cache_dir} + gs://bucket/jaxcache"
+
+    jax_store = resolve({DIR: Raw("gs://bucket/jaxcache"), settings.STORE: Raw("jax")})
+    assert (jax_store.cache_dir, jax_store.where) == (None, "gs://bucket/jaxcache")
+
+
+def test_two_remotes_are_a_usage_error() -> None:
+    with pytest.raises(SettingsError, match="both name a remote"):
+        resolve({DIR: Raw("gs://a/b"), settings.REMOTE: Raw("s3://c/d")})
 
 
 @pytest.mark.parametrize("text", ["never", "none", "NONE", ""])
