@@ -17,6 +17,7 @@ from helpers import run_command
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.keys import file_name
 from pytest_jaxcache.maintenance import Maintenance, Usage
+from pytest_jaxcache.ownership import adopt
 from pytest_jaxcache.settings import format_size, parse_max_size
 from pytest_jaxcache.store import Store
 
@@ -26,7 +27,8 @@ LAUNCHERS = {
     "jaxcache": [str(SCRIPT)],
     "python-m": [sys.executable, "-m", "pytest_jaxcache"],
 }
-COMMANDS = ("show", "prune", "clear")
+COMMANDS = ("show", "prune", "clear", "digest")  # the commands that take a cache directory
+ALL_COMMANDS = (*COMMANDS, "key")
 
 
 class Cli(Protocol):
@@ -49,16 +51,23 @@ def key(index: int) -> str:
     return f"jit_step{index % 3}-{index:064x}"
 
 
+MACHINE = "0123456789abcdef"
+
+
+def entry_file(root: Path, index: int) -> Path:
+    return root / "entries" / MACHINE / file_name(key(index))
+
+
 def filled(root: Path, count: int, size: int = 1000) -> Store:
     """A store holding ``count`` entries, ``key(0)`` the least recently used, each used
     one second after the one before, the last an hour ago."""
-    store = Store(root)
-    store.create()
+    store = Store(adopt(root, readonly=False))
+    store.bind(MACHINE, {}, "5e55105e55105e55")
     now = time.time()
     for index in range(count):
         assert store.put(key(index), bytes(size))
         used = now - 3600 - count + index
-        os.utime(root / "entries" / file_name(key(index)), (used, used))
+        os.utime(entry_file(root, index), (used, used))
     return store
 
 
@@ -107,11 +116,12 @@ def test_show_counts_recorded_sessions(cli: Cli, tmp_path: Path) -> None:
 
 def test_prune_evicts_least_recently_used_to_the_size(cli: Cli, tmp_path: Path) -> None:
     store = filled(tmp_path / "cache", 6)
-    entry = usage(store).bytes // 6
-    result = cli("prune", str(store.root), "--max-size", str(3 * entry))
+    newest = sum(entry_file(store.root, i).stat().st_size for i in (3, 4, 5))
+    total = usage(store).bytes
+    result = cli("prune", str(store.root), "--max-size", str(newest))
     assert result.ret == 0, result.errlines
     assert result.outlines == [
-        f"6 entries ({format_size(6 * entry)}) -> 3 entries ({format_size(3 * entry)}): "
+        f"6 entries ({format_size(total)}) -> 3 entries ({format_size(newest)}): "
         "3 evicted, 0 pruned"
     ]
     assert store.entry_names() == sorted(file_name(key(i)) for i in (3, 4, 5))
@@ -122,7 +132,7 @@ def test_prune_after_drops_entries_unused_in_the_last_sessions(cli: Cli, tmp_pat
     """``--prune-after 2``: entries last used before the second newest recorded session
     are removed, the rest kept."""
     store = filled(tmp_path / "cache", 6)
-    used = [(store.root / "entries" / file_name(key(i))).stat().st_mtime for i in range(6)]
+    used = [entry_file(store.root, i).stat().st_mtime for i in range(6)]
     # Sessions started before every entry, between entries 2 and 3, and after entry 4.
     starts = [used[0] - 100, (used[2] + used[3]) / 2, (used[4] + used[5]) / 2]
     bookkeeping = Bookkeeping(store.directory)
@@ -167,7 +177,8 @@ def test_prune_without_max_size_applies_the_default_its_help_names(
     cap = parse_max_size(claimed)
     store = filled(tmp_path / "cache", 0)
     for index in range(2):
-        with open(store.root / "entries" / file_name(key(index)), "wb") as handle:
+        entry_file(store.root, index).parent.mkdir(parents=True, exist_ok=True)
+        with open(entry_file(store.root, index), "wb") as handle:
             handle.truncate(600_000_000)
     result = cli("prune", str(store.root))
     assert result.ret == 0, result.errlines
@@ -209,7 +220,7 @@ def test_no_command_is_a_usage_error(cli: Cli) -> None:
 
 
 def test_help_lists_each_command_with_a_summary(cli: Cli) -> None:
-    """``--help`` lists the three commands, each with a one-line summary."""
+    """``--help`` lists every command, each with a one-line summary."""
     result = cli("--help")
     assert result.ret == 0, result.errlines
     assert result.outlines[0].startswith("usage: jaxcache ")
@@ -218,11 +229,11 @@ def test_help_lists_each_command_with_a_summary(cli: Cli) -> None:
         for line in result.outlines
         if (match := re.fullmatch(r" {2,}(\w+) {2,}(\S.*)", line))
     }
-    assert sorted(summaries) == sorted(COMMANDS), result.outlines
+    assert sorted(summaries) == sorted(ALL_COMMANDS), result.outlines
     # One line each: the list under COMMAND is exactly one line per command.
     start = result.outlines.index("  COMMAND") + 1
     end = result.outlines.index("", start)
-    assert len(result.outlines[start:end]) == len(COMMANDS), result.outlines
+    assert len(result.outlines[start:end]) == len(ALL_COMMANDS), result.outlines
 
 
 def test_prune_help_describes_its_options(cli: Cli) -> None:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from pytest_jaxcache.bookkeeping import Bookkeeping
-from pytest_jaxcache.entry import NO_FINGERPRINT, decode_header, encode
+from pytest_jaxcache.entry import Metadata, encode, read_metadata
 from pytest_jaxcache.explain import (
     NEW_PROGRAM,
     PROGRAM_CHANGED,
@@ -18,11 +18,13 @@ from pytest_jaxcache.explain import (
     summarise,
 )
 from pytest_jaxcache.keys import file_name
+from pytest_jaxcache.ownership import adopt
 from pytest_jaxcache.store import Store
 
 H1, H2, H3 = "1" * 64, "2" * 64, "3" * 64
 
-OLD_ID, NEW_ID, GONE_ID = b"old_____", b"new_____", b"gone____"
+OLD_ID, NEW_ID, GONE_ID, NO_ID = "0000000000000001", "0000000000000002", "00000000000000ff", ""
+MACHINE = "0123456789abcdef"
 OLD = {
     "jax": "0.10.1",
     "jaxlib": "0.10.1",
@@ -91,11 +93,11 @@ def test_only_one_side_records_the_difference() -> None:
 # -- explain over real entries ---------------------------------------------------------------
 
 
-def session_store(root: Path, fingerprint_id: bytes, fingerprint: dict[str, str] | None) -> Store:
-    """A store as a session opens it: created, stamped, its fingerprint saved."""
-    store = Store(root)
-    store.create()
-    store.fingerprint = fingerprint_id
+def session_store(root: Path, fingerprint_id: str, fingerprint: dict[str, str] | None) -> Store:
+    """A store as a session opens it: adopted, bound to the machine and the session's
+    fingerprint id, its fingerprint saved."""
+    store = Store(adopt(root, readonly=False))
+    store.bind(MACHINE, {}, fingerprint_id)
     if fingerprint is not None:  # else: a session whose fingerprint record is missing
         Bookkeeping(store.directory).save_fingerprint(fingerprint_id, fingerprint)
     return store
@@ -103,17 +105,17 @@ def session_store(root: Path, fingerprint_id: bytes, fingerprint: dict[str, str]
 
 def write(store: Store, key: str) -> None:
     """Compile-and-write as JAX does through the store: a miss, then a put."""
-    assert store.get(key) is None
+    assert store.get(key).entry is None
     assert store.put(key, b"program " + key.encode(), 0.5)
 
 
 def later_than_every_entry(store: Store) -> float:
     """A session start strictly after every entry now in the store was written."""
     newest = 0.0
-    for path in (store.root / "entries").iterdir():
-        header = decode_header(path.read_bytes())
-        assert header is not None
-        newest = max(newest, header.written_at)
+    for name in store.entry_names():
+        metadata = read_metadata(store.directory, f"entries/{MACHINE}", name)
+        assert metadata is not None
+        newest = max(newest, metadata.written_at)
     now = time.time()
     while now <= newest:  # wait for the clock to tick past the last write
         now = time.time()
@@ -129,7 +131,7 @@ def test_explain_each_reason(tmp_path: Path) -> None:
     write(old, f"jit_upgraded-{H1}")
     same = session_store(tmp_path, NEW_ID, NEW)
     write(same, f"jit_edited-{H1}")
-    anonymous = session_store(tmp_path, NO_FINGERPRINT, None)
+    anonymous = session_store(tmp_path, NO_ID, None)
     write(anonymous, f"jit_unstamped-{H1}")
     gone = session_store(tmp_path, GONE_ID, None)
     write(gone, f"jit_orphan-{H1}")
@@ -161,10 +163,9 @@ def test_explain_each_reason(tmp_path: Path) -> None:
     )
 
 
-def _write_at(store: Store, key: str, fingerprint: bytes, written_at: float) -> None:
-    ((store.root / "entries") / file_name(key)).write_bytes(
-        encode(b"payload", 1.0, fingerprint, written_at=written_at)
-    )
+def _write_at(store: Store, key: str, session: str, written_at: float) -> None:
+    metadata = Metadata(written_at=written_at, machine=MACHINE, session=session)
+    store.directory.write_atomic(f"entries/{MACHINE}", file_name(key), encode(key, b"x", metadata))
 
 
 def test_newest_earlier_entry_decides(tmp_path: Path) -> None:
@@ -188,12 +189,17 @@ def test_newest_earlier_entry_decides(tmp_path: Path) -> None:
 
 
 def test_explain_nothing(tmp_path: Path) -> None:
-    """No keys, no explanations; an empty store explains everything as new."""
+    """No keys, no explanations; an empty store explains everything as new; a refused
+    entry is explained by why it was refused."""
     store = session_store(tmp_path, NEW_ID, NEW)
     assert explain(store, set(), before=time.time(), current=NEW) == []
     assert explain(store, {f"jit_x-{H1}"}, before=time.time(), current=NEW) == [
         Miss(f"jit_x-{H1}", NEW_PROGRAM)
     ]
+    refused = {f"jit_y-{H1}": "written on another CPU: not loaded"}
+    assert explain(
+        store, {f"jit_x-{H1}", f"jit_y-{H1}"}, before=time.time(), current=NEW, refused=refused
+    ) == [Miss(f"jit_x-{H1}", NEW_PROGRAM), Miss(f"jit_y-{H1}", refused[f"jit_y-{H1}"])]
 
 
 # -- summarise -------------------------------------------------------------------------------
