@@ -187,13 +187,7 @@ class Store:
         if data is None:
             return local
         try:
-            found = entry.decode(
-                key,
-                data,
-                signer=self.policy.signer,
-                machine=self.machine,
-                load_unverified=self.policy.load_unverified,
-            )
+            found = self._verify(key, data)
         except Refused as refusal:
             self.remote.stats.refused += 1
             self._bad_remote.add(name)
@@ -226,13 +220,7 @@ class Store:
     def _keep_prefetched(self, name: str, data: bytes) -> None:
         assert self.remote is not None
         try:  # an entry's file name is its key (keys.file_name keeps JAX's keys whole)
-            entry.decode(
-                name,
-                data,
-                signer=self.policy.signer,
-                machine=self.machine,
-                load_unverified=self.policy.load_unverified,
-            )
+            self._verify(name, data)
             self.directory.write_atomic(self._sub(), name, data)
         except Refused:
             self.remote.stats.refused += 1
@@ -266,13 +254,7 @@ class Store:
                 self.stats.untrusted += not again
                 return Lookup(refused=f"its entry file is {writer}: not loaded")
         try:
-            found = entry.decode(
-                key,
-                data,
-                signer=self.policy.signer,
-                machine=self.machine,
-                load_unverified=self.policy.load_unverified,
-            )
+            found = self._verify(key, data)
         except Refused as refusal:
             if not again:
                 self._refused(sub, name, info.st_ino, refusal)
@@ -281,6 +263,16 @@ class Store:
             with contextlib.suppress(OSError):  # evicted meanwhile: we hold its bytes
                 self.directory.touch(sub, name)
         return Lookup(found)
+
+    def _verify(self, key: str, data: bytes) -> Entry:
+        """The entry in ``data`` if this session may load it (:class:`Refused` if not)."""
+        return entry.decode(
+            key,
+            data,
+            signer=self.policy.signer,
+            machine=self.machine,
+            load_unverified=self.policy.load_unverified,
+        )
 
     def _refused(self, sub: str, name: str, inode: int, refusal: Refused) -> None:
         """Count a refused entry; remove it when it can never be of use (corrupt, or

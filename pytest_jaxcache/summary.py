@@ -116,10 +116,13 @@ def _slowest(data: dict[str, Any], durations: int) -> list[str]:
     ]
 
 
+def _section(title: str, header: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
+    """A titled table of at most :data:`_SHOWN` rows, and how many more there were."""
+    more = [f"_and {len(rows) - _SHOWN} more_", ""] if len(rows) > _SHOWN else []
+    return [f"#### {title}", "", *_table(header, align, rows[:_SHOWN]), "", *more]
+
+
 def _uncachable(data: dict[str, Any]) -> list[str]:
-    tests = data["uncachable_tests"]
-    if not tests:
-        return []
     rows = [
         [
             _code(test["nodeid"]),
@@ -128,29 +131,20 @@ def _uncachable(data: dict[str, Any]) -> list[str]:
             if test["outside"]
             else (f"marked {ERRORS}" if test["marked"] else f"**not marked {ERRORS}**"),
         ]
-        for test in tests[:_SHOWN]
+        for test in data["uncachable_tests"]
     ]
-    more = [f"_and {len(tests) - _SHOWN} more_", ""] if len(tests) > _SHOWN else []
-    return [
-        "#### Uncachable compiles (host callbacks)",
-        "",
-        *_table(["test", "programs", ""], ["---", "---", "---"], rows),
-        "",
-        *more,
-    ]
+    if not rows:
+        return []
+    header = ["test", "programs", ""]
+    return _section("Uncachable compiles (host callbacks)", header, ["---"] * 3, rows)
 
 
 def _misses(data: dict[str, Any]) -> list[str]:
-    misses = data["misses"]
-    if not misses:
-        return []
     rows = [
         [str(miss["count"]), _cell(miss["reason"]), ", ".join(_code(e) for e in miss["examples"])]
-        for miss in misses[:_SHOWN]
+        for miss in data["misses"]
     ]
-    return [
-        "#### Why programs missed",
-        "",
-        *_table(["programs", "why", "for example"], ["---:", "---", "---"], rows),
-        "",
-    ]
+    if not rows:
+        return []
+    header = ["programs", "why", "for example"]
+    return _section("Why programs missed", header, ["---:", "---", "---"], rows)

@@ -165,6 +165,39 @@ def decoded(path: Path) -> Entry | None:
         return None
 
 
+def programs_suite(count: int, *, first: str = "") -> dict[str, str]:
+    """A test module of ``count`` tests, each compiling a program of its own and checking
+    its numbers against numpy (a wrong program served fails its test). ``first`` runs
+    at the start of each test (``k`` is the test's number)."""
+    body = textwrap.indent(textwrap.dedent(first), "    ") if first else ""
+    return {
+        "test_programs.py": f"""
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+def make(k):
+    def program(v):
+        return jnp.tanh(v * (k + 1)) + jnp.sin(v) * k
+
+    program.__name__ = f"program_{{k}}"
+    return program
+
+
+@pytest.mark.parametrize("k", range({count}))
+def test_program(k):
+{body}    x = np.linspace(-1.0, 1.0, 16 + k, dtype=np.float32)
+    expected = np.tanh(x * (k + 1)) + np.sin(x) * k
+    np.testing.assert_allclose(np.asarray(jax.jit(make(k))(x)), expected, rtol=1e-5, atol=1e-6)
+"""
+    }
+
+
 def write_files(base: Path, files: Mapping[str, str]) -> None:
     """Write dedented ``files`` (paths relative to ``base``)."""
     for name, text in files.items():

@@ -9,11 +9,12 @@ from __future__ import annotations
 import itertools
 import re
 import textwrap
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CALLBACKS_CACHED, RunJax, entries, write_files
+from helpers import CALLBACKS_CACHED, RunJax, Session, entries, write_files
 
 
 def verbose_order(result: pytest.RunResult) -> list[str]:
@@ -26,14 +27,20 @@ def verbose_order(result: pytest.RunResult) -> list[str]:
     return order
 
 
-def outcome_counts(report: dict[str, Any], marked: bool) -> dict[str, int]:
+# Where JAX decides whether programs with host callbacks are cached, the expectation is a
+# parameter of the test, each value skipped under the JAX it does not describe.
+UNCACHABLE_CALLBACKS = pytest.mark.skipif(
+    CALLBACKS_CACHED, reason="JAX 0.11+ caches host callbacks"
+)
+CACHED_CALLBACKS = pytest.mark.skipif(
+    not CALLBACKS_CACHED, reason="JAX <= 0.10 never writes host callbacks"
+)
+
+
+def outcome_counts(report: dict[str, Any], marked: bool) -> Counter[str]:
     """Outcomes of the report's compile records of marked (or unmarked) tests."""
     marked_ids = {t["nodeid"] for t in report["tests"] if "jax_errors" in t["markers"]}
-    counts = {"hit": 0, "miss": 0, "uncachable": 0, "uncached": 0}
-    for compile_ in report["compiles"]:
-        if (compile_["test"] in marked_ids) == marked:
-            counts[compile_["outcome"]] += 1
-    return counts
+    return Counter(c["outcome"] for c in report["compiles"] if (c["test"] in marked_ids) == marked)
 
 
 def unmarked_uncachable(report: dict[str, Any]) -> list[str]:
@@ -115,9 +122,7 @@ UNMARKED = {f"test_unmarked.py::test_callback[{n}]": f"jit({n})" for n in CALLBA
 MARKED = {f"test_marked.py::test_callback[{n}]": f"jit({n})" for n in CALLBACK_NAMES}
 
 
-def _callback_session(
-    pytester: pytest.Pytester, run_jax: RunJax
-) -> tuple[pytest.RunResult, dict[str, Any]]:
+def _callback_session(pytester: pytest.Pytester, run_jax: RunJax) -> Session:
     """Every kind of host callback, in unmarked tests and in marked ones; the partition
     between cachable and errors counts follows the marker, whatever JAX does with
     callbacks."""
@@ -129,7 +134,8 @@ def _callback_session(
             "test_marked.py": CALLBACK_TESTS.format(mark="pytestmark = pytest.mark.jax_errors"),
         },
     )
-    result, report = run_jax(f"--jax-cache-dir={pytester.path / 'cache'}")
+    session = run_jax(f"--jax-cache-dir={pytester.path / 'cache'}")
+    result, report = session
     result.assert_outcomes(passed=12)
     for group, is_marked in ((report["cachable"], False), (report["errors"], True)):
         counts = outcome_counts(report, marked=is_marked)
@@ -137,10 +143,10 @@ def _callback_session(
         assert group["misses"] == counts["miss"], (group, counts)
         assert group["uncachable"] == counts["uncachable"], (group, counts)
     assert report["errors"]["requests"] == 6  # one program per marked test
-    return result, report
+    return session
 
 
-@pytest.mark.skipif(not CALLBACKS_CACHED, reason="JAX <= 0.10 never writes host callbacks")
+@CACHED_CALLBACKS
 def test_host_callbacks_are_cached_by_jax_0_11(pytester: pytest.Pytester, run_jax: RunJax) -> None:
     """JAX 0.11+ caches programs with host callbacks: nothing is uncachable, and every
     marked test (its programs all cachable) is listed as a marker that may be unneeded."""
@@ -149,7 +155,7 @@ def test_host_callbacks_are_cached_by_jax_0_11(pytester: pytest.Pytester, run_ja
     assert set(report["unneeded_markers"]) == {*MARKED, "test_marked.py::test_plain"}
 
 
-@pytest.mark.skipif(CALLBACKS_CACHED, reason="JAX 0.11+ caches host callbacks")
+@UNCACHABLE_CALLBACKS
 def test_host_callbacks_are_found_uncachable_marked_or_not(
     pytester: pytest.Pytester, run_jax: RunJax
 ) -> None:
@@ -400,50 +406,59 @@ def read_logs(base: Path) -> dict[str, list[tuple[str, ...]]]:
     return logs
 
 
+def switching_log(tests: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The log of a process that ran ``tests`` in that order: the hook before the first
+    test and exactly at each crossing between marked and unmarked tests."""
+    log: list[tuple[str, ...]] = []
+    for marked, run in itertools.groupby(tests, key=lambda test: test[2]):
+        log += [("switch", marked), *run]
+    return log
+
+
 def check_switching(logs: dict[str, list[tuple[str, ...]]]) -> None:
-    """In every process the hook ran before the first test and exactly at each crossing
-    between marked and unmarked tests; callbacks fired exactly in marked tests."""
+    """In every process the hook switched before the first test and exactly at each
+    crossing between marked and unmarked tests; callbacks fired exactly in marked tests;
+    every test ran once."""
     names = []
     for worker, lines in logs.items():
-        assert lines and lines[0][0] == "switch", (worker, lines)
-        state = None
-        for line in lines:
-            if line[0] == "switch":
-                assert line[1] != state, (worker, lines)  # a switch only at a crossing
-                state = line[1]
-            else:
-                _, name, marked, fired = line
-                assert state == marked, (worker, lines)
-                assert fired == marked, (worker, lines)
-                names.append(name)
         tests = [line for line in lines if line[0] == "test"]
-        crossings = sum(a[2] != b[2] for a, b in itertools.pairwise(tests))
-        assert sum(line[0] == "switch" for line in lines) == 1 + crossings, (worker, lines)
+        assert tests, (worker, lines)
+        assert lines == switching_log(tests), worker
+        assert [fired for _, _, _, fired in tests] == [marked for _, _, marked, _ in tests], lines
+        names += [name for _, name, _, _ in tests]
     assert sorted(names) == sorted(TORAX_UNMARKED + TORAX_MARKED)
 
 
-def check_torax_report(report: dict[str, Any]) -> None:
-    """Unmarked tests compiled only cachable programs; up to JAX 0.10, the program
-    traced with checks on is uncachable."""
+def check_torax_report(report: dict[str, Any], checked_programs: list[str]) -> None:
+    """Unmarked tests compiled only cachable programs; the marked tests' uncachable
+    programs are ``checked_programs`` (the program traced with checks on, up to JAX
+    0.10; none from 0.11)."""
     assert unmarked_uncachable(report) == []
     cachable = report["cachable"]
     assert cachable["uncachable"] == 0, cachable
-    assert (report["errors"]["uncachable"] >= 1) is not CALLBACKS_CACHED, report["errors"]
-    programs = [p for t in report["uncachable_tests"] for p in t["programs"]]
-    assert ("jit(step)" in programs) is not CALLBACKS_CACHED, programs
+    programs = {p for t in report["uncachable_tests"] for p in t["programs"]}
+    assert sorted(programs) == checked_programs, report["uncachable_tests"]
+    assert (report["errors"]["uncachable"] > 0) == bool(checked_programs), report["errors"]
 
 
-def check_torax_warm(report: dict[str, Any]) -> None:
+def check_torax_warm(report: dict[str, Any], checked_programs: list[str]) -> None:
     """A warm run: :func:`check_torax_report`, and unmarked tests' programs all hit."""
-    check_torax_report(report)
+    check_torax_report(report, checked_programs)
     cachable = report["cachable"]
     assert cachable["requests"] > 0, cachable
     assert cachable["misses"] == 0, cachable
     assert cachable["hit_rate"] == 1.0, cachable
 
 
+@pytest.mark.parametrize(
+    "checked_programs",
+    [
+        pytest.param(["jit(step)"], marks=UNCACHABLE_CALLBACKS, id="callbacks-uncachable"),
+        pytest.param([], marks=CACHED_CALLBACKS, id="callbacks-cached"),
+    ],
+)
 def test_torax_style_switch_never_leaks_programs_between_settings(
-    pytester: pytest.Pytester, run_jax: RunJax
+    pytester: pytest.Pytester, run_jax: RunJax, checked_programs: list[str]
 ) -> None:
     """A conftest flips a global read at trace time through ``pytest_jaxcache_set_errors``;
     every test calls the same module-level jitted function. Callbacks fire in marked tests
@@ -463,13 +478,13 @@ def test_torax_style_switch_never_leaks_programs_between_settings(
         *TORAX_MARKED,
     ]
     assert [line[1] for line in logs["main"] if line[0] == "switch"] == ["0", "1"]
-    check_torax_report(cold)
+    check_torax_report(cold, checked_programs)
     assert cold["cachable"]["misses"] >= 1  # the unchecked step was written
 
     result, warm = run_jax(cache, "-p", "no:xdist")
     result.assert_outcomes(passed=n_tests)
     check_switching(read_logs(pytester.path))
-    check_torax_warm(warm)
+    check_torax_warm(warm, checked_programs)
 
     result, grouped = run_jax(cache, "-n", "2", "--dist", "loadgroup", "-v")
     result.assert_outcomes(passed=n_tests)
@@ -483,12 +498,12 @@ def test_torax_style_switch_never_leaks_programs_between_settings(
         result.stdout.fnmatch_lines([f"*PASSED test_torax.py::test_{name}@jax_errors*"])
     marked_ids = [t["nodeid"] for t in grouped["tests"] if "jax_errors" in t["markers"]]
     assert marked_ids and all(n.endswith("@jax_errors") for n in marked_ids), marked_ids
-    check_torax_warm(grouped)
+    check_torax_warm(grouped, checked_programs)
 
     result, loaded = run_jax(cache, "-n", "2", "--dist", "load")
     result.assert_outcomes(passed=n_tests)
     check_switching(read_logs(pytester.path))
-    check_torax_warm(loaded)
+    check_torax_warm(loaded, checked_programs)
 
 
 # -- 4: an equinox-style switch ------------------------------------------------------------
@@ -561,8 +576,19 @@ EQX_SUITE = {
 }
 
 
+@pytest.mark.parametrize(
+    "uncachable",
+    [
+        pytest.param(
+            [("test_eqx.py::test_m1", ["jit(safe_log)"])],
+            marks=UNCACHABLE_CALLBACKS,
+            id="callbacks-uncachable",
+        ),
+        pytest.param([], marks=CACHED_CALLBACKS, id="callbacks-cached"),
+    ],
+)
 def test_equinox_style_switch_raise_when_marked_nan_otherwise(
-    pytester: pytest.Pytester, run_jax: RunJax
+    pytester: pytest.Pytester, run_jax: RunJax, uncachable: list[tuple[str, list[str]]]
 ) -> None:
     """The switch sets equinox's EQX_ON_ERROR: marked tests see ``error_if`` raise on bad
     input, unmarked ones see NaN, though all call the same jitted function in the order
@@ -576,8 +602,7 @@ def test_equinox_style_switch_raise_when_marked_nan_otherwise(
     ]
     assert [c["outcome"] for c in unmarked_programs] == ["miss"]
     # JAX <= 0.10: the checked program is uncachable; 0.11+ caches it.
-    uncachable = [(t["nodeid"], t["programs"]) for t in report["uncachable_tests"]]
-    assert uncachable == ([] if CALLBACKS_CACHED else [("test_eqx.py::test_m1", ["jit(safe_log)"])])
+    assert [(t["nodeid"], t["programs"]) for t in report["uncachable_tests"]] == uncachable
 
 
 # -- 5: --jax-cache-strict -----------------------------------------------------------------
@@ -598,47 +623,72 @@ STRICT_TEST = """
 """
 
 
-def test_strict_fails_the_session_on_unmarked_uncachable_tests(
-    pytester: pytest.Pytester, run_jax: RunJax
-) -> None:
-    """``--jax-cache-strict`` (or ini ``jax_cache_strict = true``): exit code 1 when an
-    unmarked test compiled uncachable programs although every test passed; 0 when the
-    same test is marked."""
+def write_strict_suite(base: Path) -> str:
+    """The same test with a host callback, unmarked and marked; the cache option."""
     write_files(
-        pytester.path,
+        base,
         {
             "test_unmarked_cb.py": STRICT_TEST.format(mark=""),
             "test_marked_cb.py": STRICT_TEST.format(mark="pytestmark = pytest.mark.jax_errors"),
         },
     )
-    cache = f"--jax-cache-dir={pytester.path / 'cache'}"
-    # JAX 0.11+ caches callbacks: then nothing is uncachable and strict has nothing to fail.
-    expected = pytest.ExitCode.OK if CALLBACKS_CACHED else pytest.ExitCode.TESTS_FAILED
+    return f"--jax-cache-dir={base / 'cache'}"
+
+
+def strict_lines(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.outlines if line.startswith("--jax-cache-strict")]
+
+
+@UNCACHABLE_CALLBACKS
+def test_strict_fails_the_session_on_unmarked_uncachable_tests(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """``--jax-cache-strict`` (or ini ``jax_cache_strict = true``): exit code 1 when an
+    unmarked test compiled uncachable programs although every test passed, and the
+    terminal says why."""
+    cache = write_strict_suite(pytester.path)
 
     result, report = run_jax(cache, "--jax-cache-strict", "test_unmarked_cb.py")
     result.assert_outcomes(passed=1)
-    assert result.ret == expected
-    failing = [] if CALLBACKS_CACHED else ["test_unmarked_cb.py::test_callback"]
-    assert unmarked_uncachable(report) == failing
-    strict_lines = [line for line in result.outlines if line.startswith("--jax-cache-strict: ")]
-    assert (
-        strict_lines
-        == [
-            f"--jax-cache-strict: {len(failing)} tests not marked jax_errors compiled uncachable "
-            "programs: failing the session"
-        ][: len(failing)]
-    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert unmarked_uncachable(report) == ["test_unmarked_cb.py::test_callback"]
+    assert strict_lines(result) == [
+        "--jax-cache-strict: 1 tests not marked jax_errors compiled uncachable programs: "
+        "failing the session"
+    ]
 
+    pytester.makeini("[pytest]\njax_cache_strict = true\n")
+    result, report = run_jax(cache, "test_unmarked_cb.py")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert len(strict_lines(result)) == 1, result.outlines
+
+
+@CACHED_CALLBACKS
+def test_strict_has_nothing_to_fail_when_jax_caches_callbacks(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """JAX 0.11+ caches programs with host callbacks: an unmarked test with one compiles
+    nothing uncachable, and ``--jax-cache-strict`` passes the session."""
+    cache = write_strict_suite(pytester.path)
+    result, report = run_jax(cache, "--jax-cache-strict", "test_unmarked_cb.py")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
+    assert unmarked_uncachable(report) == []
+    assert strict_lines(result) == []
+
+
+def test_strict_passes_a_marked_test_with_host_callbacks(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """``--jax-cache-strict`` with the test with a host callback marked: exit code 0,
+    and strict mode says nothing."""
+    cache = write_strict_suite(pytester.path)
     result, report = run_jax(cache, "--jax-cache-strict", "test_marked_cb.py")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.OK
     assert unmarked_uncachable(report) == []
     assert "--jax-cache-strict" not in result.stdout.str()
-
-    pytester.makeini("[pytest]\njax_cache_strict = true\n")
-    result, report = run_jax(cache, "test_unmarked_cb.py")
-    result.assert_outcomes(passed=1)
-    assert result.ret == expected
 
 
 # -- 6: jax_no_cache -----------------------------------------------------------------------

@@ -18,41 +18,29 @@ from typing import Any
 
 import pytest
 from emulators import Emulator, silent_server, start_gcs, start_s3
-from helpers import Session, child_env, run_command, run_session, start_session, write_files
+from helpers import (
+    Session,
+    child_env,
+    programs_suite,
+    run_command,
+    run_session,
+    start_session,
+    write_files,
+)
 
 from pytest_jaxcache.entry import decode
 from pytest_jaxcache.trust import Signer
 
 pytestmark = pytest.mark.slow
 
-SUITE = {
-    "test_suite.py": """
-import os
-import signal
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
-
-
-def make(k):
-    def program(v):
-        return jnp.tanh(v * (k + 1)) + jnp.cos(v) * k
-
-    program.__name__ = f"program_{k}"
-    return program
-
-
-@pytest.mark.parametrize("k", range(6))
-def test_program(k):
-    if k == 3 and os.environ.get("KILL_REMOTE_PID"):  # the remote dies mid-session
+# The remote dies mid-session when the fourth test starts, if asked to.
+SUITE = programs_suite(
+    6,
+    first="""
+    if k == 3 and os.environ.get("KILL_REMOTE_PID"):
         os.kill(int(os.environ["KILL_REMOTE_PID"]), signal.SIGKILL)
-    x = np.linspace(-1.0, 1.0, 16 + k, dtype=np.float32)
-    expected = np.tanh(x * (k + 1)) + np.cos(x) * k
-    np.testing.assert_allclose(np.asarray(jax.jit(make(k))(x)), expected, rtol=1e-5, atol=1e-6)
-""",
-}
+    """,
+)
 N_PROGRAMS = 6
 FAST = "--jax-cache-remote-timeout=2"
 _prefixes = itertools.count()

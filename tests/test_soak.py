@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import RunJax, assert_all_hits, decoded, entries, start_session, write_files
+from helpers import (
+    RunJax,
+    assert_all_hits,
+    decoded,
+    entries,
+    programs_suite,
+    start_session,
+    write_files,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,30 +37,7 @@ SESSIONS_PER_ROUND = 3
 SESSION_TIMEOUT = 240.0  # a session still running after this long counts as hung
 CAP = "--jax-cache-max-size=60KB"  # below the suite's size: every session evicts
 
-# Sixteen programs, each checked against numpy: a wrong program served fails its test.
-SUITE = {
-    "test_soak_suite.py": """
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
-
-
-def make(k):
-    def program(v):
-        return jnp.tanh(v * (k + 1)) + jnp.sin(v) * k
-
-    program.__name__ = f"program_{k}"
-    return program
-
-
-@pytest.mark.parametrize("k", range(16))
-def test_program(k):
-    x = np.linspace(-1.0, 1.0, 32 + k, dtype=np.float32)
-    expected = np.tanh(x * (k + 1)) + np.sin(x) * k
-    np.testing.assert_allclose(np.asarray(jax.jit(make(k))(x)), expected, rtol=1e-5, atol=1e-6)
-""",
-}
+SUITE = programs_suite(16)
 N_TESTS = 16
 
 
