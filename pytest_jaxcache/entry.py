@@ -78,7 +78,7 @@ class Metadata:
                 signer=None if raw.get("signer") is None else str(raw["signer"]),
                 parts={str(k): str(v) for k, v in dict(parts).items()},
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
 
 
