@@ -20,14 +20,22 @@ _WHY = {
     "io_callback, error checks?)",
     UNWRITTEN: "not written: it compiled faster than --jax-cache-min-compile-time or is "
     "smaller than --jax-cache-min-entry-size",
-    explain.PROGRAM_CHANGED: "its key changed between two identical runs: something "
-    "non-deterministic is traced into the program (a captured constant, a random value?)",
 }
+# Between two identical runs a program's key should not change: when it does, an
+# earlier entry of the same program differs in some part of its key.
+_CHANGED = (explain.KEY_PARTS, explain.PROGRAM)
 
 
-def _why(record: CompileRecord, reasons: dict[str, str]) -> str:
-    reason = reasons.get(record.key, "")
-    return _WHY.get(record.outcome) or _WHY.get(reason) or reason or "not found in the cache"
+def _why(record: CompileRecord, misses: dict[str, explain.Miss]) -> str:
+    if record.outcome == UNWRITTEN and record.unwritten:
+        return f"not written: {record.unwritten}"
+    miss = misses.get(record.key)
+    if miss is not None and miss.cause in _CHANGED:
+        return (
+            f"its key changed between two identical runs ({miss.reason}): something "
+            "non-deterministic is traced into the program (a captured constant, a random value?)"
+        )
+    return _WHY.get(record.outcome) or (miss.reason if miss else "not found in the cache")
 
 
 class JaxCache:
@@ -79,13 +87,17 @@ class JaxCache:
         failed = [c for c in compiled if c.outcome != HIT]
         if failed:
             missed = [c.key for c in compiled if c.outcome == MISS and c.key]
-            reasons = {
-                miss.key: miss.reason
+            misses = {
+                miss.key: miss
                 for miss in explain.explain(
-                    store, missed, before=before, current=session.fingerprint
+                    store,
+                    missed,
+                    before=before,
+                    current=session.fingerprint,
+                    parts=recorder.missed_parts,
                 )
             }
-            lines = [f"  {c.name}: {c.outcome}: {_why(c, reasons)}" for c in failed]
+            lines = [f"  {c.name}: {c.outcome}: {_why(c, misses)}" for c in failed]
             pytest.fail(
                 f"{len(failed)} of {len(compiled)} programs did not come from the persistent "
                 "cache:\n" + "\n".join(lines),

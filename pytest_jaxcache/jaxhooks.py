@@ -34,6 +34,7 @@ from pytest_jaxcache.recorder import Recorder
 from pytest_jaxcache.settings import Settings
 
 if TYPE_CHECKING:
+    from pytest_jaxcache.keydump import KeyDump
     from pytest_jaxcache.store import Store
 
 OUR_STORE = "pytest-jaxcache store"
@@ -205,11 +206,138 @@ class _CacheWarnings:
         text = str(message)
         if text.startswith(_CACHE_WARNINGS):
             self._recorder.note_cache_warning(text)
+            if text.startswith(_CACHE_WARNINGS[1]):
+                self._recorder.note_unwritten(f"writing failed: {text.split(': ', 1)[-1]}")
             return
         self._real.warn(message, category, stacklevel + 1, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
+
+
+class KeyParts:
+    """The parts of the cache keys JAX computes in this thread's compile, each with the
+    function JAX hashed it with (JAX's own ``cache_key`` seam, called once per part).
+    A part is digested only when an entry is written: a hit costs an append per part."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _keys(self) -> dict[str, list[tuple[str, Any]]]:
+        keys: dict[str, list[tuple[str, Any]]] | None = getattr(self._local, "keys", None)
+        if keys is None:
+            keys = self._local.keys = {}
+        return keys
+
+    def collect(self, name: str, hashfn: Any) -> None:
+        parts: list[tuple[str, Any]] | None = getattr(self._local, "collecting", None)
+        if parts is not None:
+            parts.append((name, hashfn))
+
+    def computing(self, parts: list[tuple[str, Any]] | None) -> None:
+        self._local.collecting = parts
+
+    def computed(self, key: str, parts: list[tuple[str, Any]], module: Any) -> None:
+        self._keys()[key] = parts
+        self._local.module = module
+
+    def forget(self) -> None:
+        """The compile is over: its hash functions (and what they hold) go."""
+        self._local.keys = None
+        self._local.module = None
+
+    def inputs(self, key: str) -> dict[str, bytes]:
+        """``{part: the bytes JAX hashed}`` of ``key``'s parts, for ``--jax-cache-explain``."""
+        found = {}
+        for name, hashfn in self._keys().get(key, []):
+            collected = _Collect()
+            try:
+                hashfn(collected)
+            except Exception:  # a part that cannot be hashed again is left out
+                continue
+            found[str(name)] = b"".join(collected.chunks)
+        return found
+
+    def module_text(self) -> str | None:
+        """The lowered module of this thread's compile, as text (``None``: unknown)."""
+        module = getattr(self._local, "module", None)
+        if module is None:
+            return None
+        try:
+            return str(module)
+        except Exception:
+            return None
+
+    def digests(self, key: str) -> dict[str, str]:
+        """``{part: 16 hex digits}`` of ``key``'s parts, as JAX hashed them ({}: unknown)."""
+        found = {}
+        for name, hashfn in self._keys().get(key, []):
+            try:
+                digest = hashlib.sha256()
+                hashfn(digest)
+            except Exception:  # a part that cannot be hashed again is left out
+                continue
+            found[str(name)] = digest.hexdigest()[:16]
+        return found
+
+
+class _Collect:
+    """A hash object that keeps what it is fed (JAX's hash functions call ``update``)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def update(self, data: bytes) -> None:
+        self.chunks.append(bytes(data))
+
+
+# Messages JAX logs when it compiles a program and does not write it, and what they mean
+# (jax._src.compiler / compilation_cache; the same text from 0.6 to 0.12).
+_UNWRITTEN_MESSAGES: tuple[tuple[str, Callable[[tuple[Any, ...]], str]], ...] = (
+    ("because it uses host callbacks", lambda args: "it has host callbacks, never written"),
+    # Reasons name the threshold, not each program's figure: programs are grouped by them.
+    (
+        "because it took < ",
+        lambda args: f"it compiled faster than --jax-cache-min-compile-time ({args[1]:g}s)",
+    ),
+    (
+        "since its size",
+        lambda args: f"its entry is smaller than --jax-cache-min-entry-size ({args[2]} bytes)",
+    ),
+    ("since process_id != 0", lambda args: "only process 0 of a multi-process job writes"),
+    ("since cache is disabled/not initialized", lambda args: "the cache was not initialised"),
+    ("unable to generate cache key", lambda args: f"JAX could not compute its key: {args[-1]}"),
+)
+_CAPTURING = 1  # below DEBUG: a level nobody else sets, so it tells that it is ours
+
+
+class _CompileLogs(logging.Filter):
+    """Hears why JAX compiled a program without writing it (JAX says so at DEBUG), for
+    the compile under way, without changing what anyone else sees: a record below the
+    level its logger would have without us goes no further than here."""
+
+    def __init__(self, recorder: Recorder, previous: dict[str, int]) -> None:
+        super().__init__()
+        self._recorder = recorder
+        self._previous = previous  # the loggers' own levels before us
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            if isinstance(record.msg, str):
+                for fragment, explain in _UNWRITTEN_MESSAGES:
+                    if fragment in record.msg:
+                        args = record.args if isinstance(record.args, tuple) else ()
+                        self._recorder.note_unwritten(explain(args))
+                        break
+        except Exception:  # an odd record: it says nothing to us
+            pass
+        logger = logging.getLogger(record.name)
+        if logger.level != _CAPTURING:  # someone set it since (caplog.set_level): theirs
+            return record.levelno >= logger.level
+        own = self._previous.get(record.name, logging.NOTSET)
+        parent = logger.parent
+        threshold = own or (parent.getEffectiveLevel() if parent is not None else logging.WARNING)
+        return record.levelno >= threshold
 
 
 @dataclass(frozen=True)
@@ -260,11 +388,17 @@ _compile_state = threading.local()
 
 
 def install(
-    settings: Settings, recorder: Recorder, *, store: Store | None, location: str | None
+    settings: Settings,
+    recorder: Recorder,
+    *,
+    store: Store | None,
+    location: str | None,
+    key_dump: KeyDump | None = None,
 ) -> Installation:
     """Configure JAX's persistent cache for this process, in named steps. JAX is pointed
     at ``location`` (``None``: no usable cache, lookups off) and served by ``store``
-    (``None``: JAX's own file store)."""
+    (``None``: JAX's own file store); ``key_dump`` writes the key inputs of the programs
+    it wants (``--jax-cache-explain``)."""
     jax = _import_jax()
     installation = Installation(
         JAX_STORE, jax_version=version("jax"), jaxlib_version=version("jaxlib")
@@ -281,10 +415,12 @@ def install(
         if seam is not None:
             if location is not None:  # runs last on uninstall: JAX forgets our store
                 installation.add_undo(lambda: _reset_jax_cache(seam))
+            key_parts = _capture_key_parts(installation) if store is not None else None
             if store is not None:
-                _install_store(installation, seam, store, recorder)
-            _wrap_compile(installation, seam, recorder, store)
+                _install_store(installation, seam, store, recorder, key_parts, key_dump)
+            _wrap_compile(installation, seam, recorder, store, key_parts)
             _shim_warnings(installation, seam, recorder)
+            _hear_compile_logs(installation, recorder)
             if location is not None:
                 _reset_jax_cache(seam)  # a cache initialised before us (unlikely) is dropped
         _register_listeners(jax, installation, recorder)
@@ -345,11 +481,64 @@ def _update_config(jax: ModuleType, installation: Installation, name: str, value
     installation.add_undo(lambda: jax.config.update(name, old))
 
 
+def _capture_key_parts(installation: Installation) -> KeyParts | None:
+    """Step 2: hear the parts of each cache key as JAX hashes them (to explain a later
+    miss by the part that changed). Feature-detected: without the seam, misses are
+    explained by the environment only."""
+    try:
+        cache_key: ModuleType | None = importlib.import_module("jax._src.cache_key")
+    except ImportError:
+        cache_key = None
+    get = getattr(cache_key, "get", None)
+    log = getattr(cache_key, "_log_cache_key_hash", None)
+    try:
+        shaped = callable(get) and list(inspect.signature(log).parameters) == [  # type: ignore[arg-type]
+            "hash_obj",
+            "last_serialized",
+            "hashfn",
+        ]
+    except (TypeError, ValueError):
+        shaped = False
+    if not shaped:
+        installation.notices.append(
+            "this JAX does not show the parts of its cache keys: misses are explained by "
+            "environment, not by the part of the key that changed"
+        )
+        return None
+    assert get is not None and log is not None
+    parts = KeyParts()
+
+    def log_cache_key_hash(hash_obj: Any, last_serialized: str, hashfn: Any) -> Any:
+        parts.collect(last_serialized, hashfn)
+        return log(hash_obj, last_serialized, hashfn)
+
+    def get_key(*args: Any, **kwargs: Any) -> Any:
+        collected: list[tuple[str, Any]] = []
+        parts.computing(collected)
+        try:
+            key = get(*args, **kwargs)
+        finally:
+            parts.computing(None)
+        parts.computed(str(key), collected, args[0] if args else kwargs.get("module"))
+        return key
+
+    installation.patch(cache_key, "_log_cache_key_hash", log_cache_key_hash)
+    installation.patch(cache_key, "get", get_key)
+    return parts
+
+
 def _install_store(
-    installation: Installation, seam: _Seam, store: Store, recorder: Recorder
+    installation: Installation,
+    seam: _Seam,
+    store: Store,
+    recorder: Recorder,
+    key_parts: KeyParts | None,
+    key_dump: KeyDump | None,
 ) -> None:
-    """Step 2: our store behind JAX's cache interface, for our directory only."""
-    adapter = _adapter_class(seam.cache_interface)(store, recorder, installation)
+    """Step 3: our store behind JAX's cache interface, for our directory only."""
+    adapter = _adapter_class(seam.cache_interface)(
+        store, recorder, installation, key_parts, key_dump
+    )
     original_get_file_cache = seam.compilation_cache.get_file_cache
     root = os.path.realpath(store.root)
 
@@ -369,11 +558,16 @@ def _install_store(
 
 
 def _wrap_compile(
-    installation: Installation, seam: _Seam, recorder: Recorder, store: Store | None
+    installation: Installation,
+    seam: _Seam,
+    recorder: Recorder,
+    store: Store | None,
+    key_parts: KeyParts | None,
 ) -> None:
-    """Step 3: around each compile, tell the recorder whether the program has host
+    """Step 4: around each compile, tell the recorder whether the program has host
     callbacks (so that a program skipped by a threshold is not blamed on callbacks),
-    time it for the entry's header, and release the single-flight claims it left."""
+    time it for the entry's header, release the single-flight claims it left, and
+    forget its key parts."""
     original = seam.compiler.compile_or_get_cached
     try:
         names = list(inspect.signature(original).parameters)
@@ -401,23 +595,57 @@ def _wrap_compile(
             _compile_state.started = None
             if store is not None:
                 store.release_claims(compiled=compiled)
+            if key_parts is not None:
+                key_parts.forget()
 
     installation.patch(seam.compiler, "compile_or_get_cached", compile_or_get_cached)
 
 
 def _shim_warnings(installation: Installation, seam: _Seam, recorder: Recorder) -> None:
-    """Step 4: JAX's cache read/write warnings are counted, never raised into a test."""
+    """Step 5: JAX's cache read/write warnings are counted, never raised into a test."""
     installation.patch(seam.compiler, "warnings", _CacheWarnings(warnings, recorder))
+
+
+def _hear_compile_logs(installation: Installation, recorder: Recorder) -> None:
+    """Step 6: hear, per compile, why JAX did not write a program (it says so at DEBUG
+    in jax._src.compiler and jax._src.compilation_cache), without showing those records
+    to anyone who would not have seen them. Not jax._src.cache_key: at DEBUG it would
+    hash every key's parts twice."""
+    names = ("jax._src.compiler", "jax._src.compilation_cache")
+    loggers = [logging.getLogger(name) for name in names]
+    previous = {logger.name: logger.level for logger in loggers}
+    hearing = _CompileLogs(recorder, previous)
+    for logger in loggers:
+        logger.addFilter(hearing)
+        logger.setLevel(_CAPTURING)
+
+    def undo() -> None:
+        for logger in loggers:
+            logger.removeFilter(hearing)
+            if logger.level == _CAPTURING:
+                logger.setLevel(previous[logger.name])
+
+    installation.add_undo(undo)
 
 
 def _adapter_class(interface: type) -> type:
     class StoreCache(interface):  # type: ignore[misc]
         """JAX's CacheInterface over our Store; records hit compile times."""
 
-        def __init__(self, store: Store, recorder: Recorder, installation: Installation) -> None:
+        def __init__(
+            self,
+            store: Store,
+            recorder: Recorder,
+            installation: Installation,
+            key_parts: KeyParts | None,
+            key_dump: KeyDump | None,
+        ) -> None:
             self._store = store
             self._recorder = recorder
             self._installation = installation
+            self._key_parts = key_parts
+            self._key_dump = key_dump
+            self._dumped: set[str] = set()
             self._path = store.root  # JAX's reset_cache() names it in a log line
 
         def _first_use(self) -> None:
@@ -428,8 +656,17 @@ def _adapter_class(interface: type) -> type:
                 except Exception as error:
                     self._store.stats.note(f"fingerprint: {type(error).__name__}: {error}")
 
+        def _dump(self, key: str) -> None:
+            """``--jax-cache-explain``: the key's inputs, once per key and session."""
+            dump, parts = self._key_dump, self._key_parts
+            if dump is None or parts is None or key in self._dumped or not dump.wants(key):
+                return
+            self._dumped.add(key)
+            dump.write(key, parts.inputs(key), parts.digests(key), parts.module_text())
+
         def get(self, key: str) -> bytes | None:
             self._first_use()
+            self._dump(key)
             found = self._store.get(key)
             entry = found.entry
             self._recorder.note_lookup(
@@ -443,7 +680,11 @@ def _adapter_class(interface: type) -> type:
         def put(self, key: str, value: bytes) -> None:
             started = getattr(_compile_state, "started", None)
             secs = None if started is None else time.perf_counter() - started
-            self._store.put(key, bytes(value), secs)
+            parts = {} if self._key_parts is None else self._key_parts.digests(key)
+            self._recorder.note_key_parts(parts)
+            if not self._store.put(key, bytes(value), secs, parts) and not self._store.readonly:
+                # A read-only cache's miss stays a miss: nothing is written by design.
+                self._recorder.note_unwritten("the store could not write it (see its notices)")
 
     return StoreCache
 
@@ -459,7 +700,7 @@ def _reset_jax_cache(seam: _Seam) -> None:
 
 
 def _register_listeners(jax: ModuleType, installation: Installation, recorder: Recorder) -> None:
-    """Step 5: the recorder hears JAX's monitoring events."""
+    """Step 7: the recorder hears JAX's monitoring events."""
     monitoring = jax.monitoring
     monitoring.register_event_listener(recorder.on_event)
     monitoring.register_event_duration_secs_listener(recorder.on_duration)

@@ -81,6 +81,7 @@ class CompileRecord:
     key: str = ""  # the cache key, when our store saw the lookup
     refused: str = ""  # why an entry found for the key was not loaded
     waited_secs: float = 0.0  # of ``secs``, spent waiting for another process's compile
+    unwritten: str = ""  # why a program compiled with the cache on was not written
 
 
 @dataclass
@@ -119,6 +120,8 @@ class _Pending:
     key: str = ""
     stored_compile_secs: float | None = None
     refused: str = ""
+    unwritten: str = ""  # why the program was not written
+    parts: dict[str, str] = field(default_factory=dict)  # its key's part digests
     waited_secs: float = 0.0
     trace_secs: float = 0.0
     lower_secs: float = 0.0
@@ -134,6 +137,9 @@ class Recorder:
         self.compiles: list[CompileRecord] = []
         self.cache_warnings: list[str] = []
         self.listener_errors: list[str] = []
+        # This process's missed keys: the digests of their parts (explained here, at
+        # the end of the session; not sent to the controller).
+        self.missed_parts: dict[str, dict[str, str]] = {}
         self._context: tuple[str, str, tuple[str, ...]] = (OUTSIDE_TESTS, OUTSIDE_PHASE, ())
         self._bypassed = False
         self._local = threading.local()
@@ -226,6 +232,15 @@ class Recorder:
         pending.refused = refused or pending.refused
         pending.waited_secs += waited_secs
 
+    def note_unwritten(self, reason: str) -> None:
+        """The compile under way in this thread will not be written, for ``reason``."""
+        self._pending().unwritten = reason
+
+    def note_key_parts(self, parts: dict[str, str]) -> None:
+        """The digests of the parts of the key of the compile under way (to explain
+        its miss)."""
+        self._pending().parts = parts
+
     def note_cache_warning(self, message: str) -> None:
         """JAX warned about a cache read or write; we counted it instead."""
         with self._lock:
@@ -241,7 +256,7 @@ class Recorder:
             outcome = UNCACHED
         elif pending.hit:
             outcome = HIT
-        elif pending.written:
+        elif pending.written and not pending.unwritten:
             outcome = MISS
         elif pending.host_callbacks is False:
             outcome = UNWRITTEN
@@ -267,6 +282,8 @@ class Recorder:
                     counts.outside_secs += secs
                 if outcome == MISS:
                     counts.misses += 1
+                    if pending.key and pending.parts:
+                        self.missed_parts[pending.key] = pending.parts
                 elif outcome == UNCACHABLE:
                     counts.uncachable += 1
                 elif outcome == UNWRITTEN:
@@ -284,6 +301,7 @@ class Recorder:
                     pending.key,
                     pending.refused,
                     waited,
+                    "" if outcome in (HIT, MISS, UNCACHED) else pending.unwritten,
                 )
             )
 

@@ -21,10 +21,14 @@ removal or a change of meaning bumps it)::
               not_uploaded, bytes_down, bytes_up, io_secs, errors[]}, summed over processes
     tests[]:  {nodeid, worker, markers[], phases{setup|call|teardown|collect: counts}}
     compiles[]: {name, outcome: hit|miss|uncachable|unwritten|uncached, secs, test, phase,
-                 worker, key}  (key: the cache key, "" when our store did not see it)
+                 worker, key, refused, waited_secs, unwritten, why}
+                (key: the cache key, "" when our store did not see it; unwritten: why
+                JAX or the store did not write it; why: why it was not served, "" on a hit)
+    not_written[]: {reason, count, secs, examples[]}: compiled and not written, by reason
     uncachable_tests[]: {nodeid, outside, marked, programs[]} (outside: import/collection)
     unneeded_markers[]: nodeids marked jax_errors whose programs were all cachable
-    misses[]: {reason, count, examples[]}
+    misses[]: {reason, cause: new|refused|key parts|program|environment, parts[] (the
+               key parts that differ), count, examples[]}
     workers:  {id: {store{...}, tests, misses[], installed{store, jax, jaxlib}}}
     lost_workers[]
     cache_warnings[], listener_errors[]
@@ -41,8 +45,19 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from pytest_jaxcache.explain import MissGroup
 from pytest_jaxcache.markers import ERRORS
-from pytest_jaxcache.recorder import OUTSIDE_TESTS, UNCACHABLE, Counts, Recorder
+from pytest_jaxcache.recorder import (
+    HIT,
+    MISS,
+    OUTSIDE_TESTS,
+    UNCACHABLE,
+    UNCACHED,
+    UNWRITTEN,
+    CompileRecord,
+    Counts,
+    Recorder,
+)
 from pytest_jaxcache.settings import format_size
 
 SCHEMA = "pytest-jaxcache/report"
@@ -73,7 +88,8 @@ def build(
     cache: dict[str, Any],
     jax_versions: dict[str, str | None],
     store_stats: dict[str, Any],
-    misses: list[tuple[str, int, list[str]]],
+    misses: list[MissGroup],
+    miss_reasons: dict[str, str],
     remote: dict[str, Any] | None = None,
     workers: dict[str, dict[str, Any]],
     lost_workers: list[str],
@@ -105,15 +121,55 @@ def build(
         "store": store_stats,
         "remote": remote,
         "tests": tests,
-        "compiles": [asdict(c) for c in recorder.compiles],
+        "compiles": [
+            {**asdict(c), "why": why_compiled(c, miss_reasons)} for c in recorder.compiles
+        ],
+        "not_written": _not_written(recorder, miss_reasons),
         "uncachable_tests": _uncachable_tests(recorder),
         "unneeded_markers": _unneeded_markers(recorder),
-        "misses": [{"reason": r, "count": n, "examples": e} for r, n, e in misses],
+        "misses": [
+            {**asdict(group), "parts": list(group.parts), "examples": list(group.examples)}
+            for group in misses
+        ],
         "workers": workers,
         "lost_workers": lost_workers,
         "cache_warnings": recorder.cache_warnings,
         "listener_errors": recorder.listener_errors,
     }
+
+
+# Why a program was compiled and not written when JAX did not say (older JAX, or a log
+# record that did not reach us).
+_DEFAULT_WHY = {
+    UNCACHABLE: "it has host callbacks (jax.debug.print, callbacks, checks): never written",
+    UNWRITTEN: "under --jax-cache-min-compile-time or --jax-cache-min-entry-size",
+    UNCACHED: "compiled with the persistent cache off",
+}
+
+
+def why_compiled(record: CompileRecord, miss_reasons: dict[str, str]) -> str:
+    """Why ``record``'s program was compiled rather than served ("" for a hit)."""
+    if record.outcome == HIT:
+        return ""
+    if record.outcome == MISS:
+        return miss_reasons.get(record.key, "")
+    return record.unwritten or _DEFAULT_WHY[record.outcome]
+
+
+def _not_written(recorder: Recorder, miss_reasons: dict[str, str]) -> list[dict[str, Any]]:
+    """Programs compiled with the cache on and not written, grouped by why, the
+    costliest group first."""
+    groups: dict[str, dict[str, Any]] = {}
+    for record in recorder.compiles:
+        if record.outcome not in (UNCACHABLE, UNWRITTEN):
+            continue
+        why = why_compiled(record, miss_reasons)
+        group = groups.setdefault(why, {"reason": why, "count": 0, "secs": 0.0, "examples": []})
+        group["count"] += 1
+        group["secs"] += record.secs
+        if len(group["examples"]) < 3 and record.name not in group["examples"]:
+            group["examples"].append(record.name)
+    return sorted(groups.values(), key=lambda group: group["secs"], reverse=True)
 
 
 def _uncachable_tests(recorder: Recorder) -> list[dict[str, Any]]:
@@ -208,6 +264,7 @@ def render(data: dict[str, Any], *, verbosity: int, durations: int) -> list[str]
             f"marked {ERRORS}, yet every program was cachable (the marker may be unneeded): "
             + ", ".join(data["unneeded_markers"][:5])
         )
+    lines += _not_written_lines(data)
     lines += _miss_lines(data)
     if verbosity > 0:
         lines += _contents_line(data["cache"])
@@ -247,7 +304,7 @@ def _outside(totals: dict[str, Any]) -> str:
 def _unwritten(totals: dict[str, Any]) -> str:
     if not totals["unwritten"]:
         return ""
-    return f", {totals['unwritten']} not written (below the compile-time or size threshold)"
+    return f", {totals['unwritten']} not written (reasons below)"
 
 
 def _waits(totals: dict[str, Any]) -> str:
@@ -400,6 +457,18 @@ def _miss_lines(data: dict[str, Any]) -> list[str]:
     lines = ["why programs missed:"]
     for miss in data["misses"]:
         lines.append(f"  {miss['count']:>5} {miss['reason']} (e.g. {', '.join(miss['examples'])})")
+    return lines
+
+
+def _not_written_lines(data: dict[str, Any]) -> list[str]:
+    if not data["not_written"]:
+        return []
+    lines = ["compiled and not written, by reason:"]
+    for group in data["not_written"]:
+        lines.append(
+            f"  {group['count']:>5} {group['reason']} ({_secs(group['secs'])}; "
+            f"e.g. {', '.join(group['examples'])})"
+        )
     return lines
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from pytest_jaxcache import explain, jaxhooks, keys, ownership, trust
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import CacheDir
+from pytest_jaxcache.keydump import KeyDump
 from pytest_jaxcache.maintenance import Maintenance, MaintenanceResult, Usage, jax_files_usage
 from pytest_jaxcache.recorder import HIT, MISS, Recorder
 from pytest_jaxcache.remote import Remote, RemoteStats
@@ -62,6 +63,7 @@ class CacheSession:
     maintenance: MaintenanceResult | None = None
     workers: dict[str, WorkerReport] = field(default_factory=dict)
     lost_workers: list[str] = field(default_factory=list)
+    key_dump: KeyDump | None = None
     _cancel_install: Callable[[], None] = lambda: None
 
     # -- start ------------------------------------------------------------------------
@@ -109,7 +111,11 @@ class CacheSession:
         """Runs inside ``import jax``: report a failure, never raise it into the import."""
         try:
             self.installation = jaxhooks.install(
-                self.settings, self.recorder, store=self.store, location=self._location()
+                self.settings,
+                self.recorder,
+                store=self.store,
+                location=self._location(),
+                key_dump=self._key_dump(),
             )
         except Exception as error:
             self.notices.append(f"could not configure JAX: {type(error).__name__}: {error}")
@@ -117,6 +123,19 @@ class CacheSession:
         self.notices.extend(self.installation.notices)
         if self.store is not None and self.installation.ours:
             self.installation.on_first_compile = self._stamp_fingerprint
+
+    def _key_dump(self) -> KeyDump | None:
+        """``--jax-cache-explain``'s writer, when it has programs to match and a store
+        that records key parts."""
+        if not self.settings.explain or self.settings.explain_dir is None:
+            return None
+        if self.store is None:
+            self.notices.append(
+                "--jax-cache-explain needs the pytest-jaxcache store (--jax-cache-store=ours)"
+            )
+            return None
+        self.key_dump = KeyDump(self.settings.explain_dir, self.settings.explain, self.store)
+        return self.key_dump
 
     def _open_store(self) -> Store | None:
         """Our store on the configured directory, or ``None`` (with a notice) when it
@@ -244,7 +263,7 @@ class CacheSession:
             records=self.recorder.export(),
             store=self.store.stats if self.store is not None else StoreStats(),
             misses=self.explain_misses(),
-            notices=list(self.notices),
+            notices=list(self.notices) + (self.key_dump.errors if self.key_dump else []),
             installed=None if self.installation is None else self.installation.facts,
             remote=self._flushed_remote(),
             prefetched=sorted(self.store.prefetched) if self.store is not None else [],
@@ -283,6 +302,7 @@ class CacheSession:
                 {c.key for c in missed},
                 before=self.started_at,
                 current=self.fingerprint,
+                parts=self.recorder.missed_parts,
                 refused={c.key: c.refused for c in missed if c.refused},
             )
         except OSError as error:
@@ -442,6 +462,7 @@ class CacheSession:
             store_stats=asdict(self.total_stats()),
             remote=remote,
             misses=explain.summarise(misses),
+            miss_reasons={miss.key: miss.reason for miss in misses},
             workers={
                 worker: {
                     "store": asdict(sent.store),

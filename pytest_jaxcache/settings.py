@@ -18,7 +18,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -260,11 +260,17 @@ def parse_path(text: str, base: Path) -> Path | None:
     return expand_path(value, base) if value else None
 
 
+def parse_globs(text: str, _base: Path | None = None) -> tuple[str, ...]:
+    """``"jit_loss*, jit_step"`` -> ("jit_loss*", "jit_step"): program names or globs."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 # -- the table --------------------------------------------------------------------------------
 
 DEFAULT_MAX_SIZE = 2**30
 DEFAULT_LOCK_TIMEOUT = 120.0
 DEFAULT_DURATIONS = 10
+DEFAULT_EXPLAIN_DIR = "jaxcache-explain"
 
 # fmt: off
 # One declaration per option: attribute, parser, default; its names on the command line,
@@ -342,6 +348,15 @@ LOAD_UNVERIFIED = Option[bool]("load_unverified", parse_bool, False, flag=True,
     env="JAX_CACHE_LOAD_UNVERIFIED",
     help="without JAX_CACHE_SIGNING_KEY, load signed entries without checking their "
     "signature (a pull request from a fork reading a cache it trusts)")
+EXPLAIN = Option[tuple[str, ...]]("explain", parse_globs, (), metavar="NAME",
+    cli="--jax-cache-explain", ini="jax_cache_explain",
+    help="for programs named NAME (a name or glob as the report shows them, e.g. "
+    "'jit_loss*'; comma-separated), write what went into each part of their cache keys "
+    "to --jax-cache-explain-dir, to diff with an earlier run's")
+EXPLAIN_DIR = Option[Path | None]("explain_dir", parse_path, None, metavar="PATH",
+    cli="--jax-cache-explain-dir", ini="jax_cache_explain_dir",
+    help=f"where --jax-cache-explain writes (default: {DEFAULT_EXPLAIN_DIR} in the "
+    "invocation directory)")
 # fmt: on
 
 OPTIONS: tuple[Option[Any], ...] = (
@@ -364,6 +379,8 @@ OPTIONS: tuple[Option[Any], ...] = (
     PREFETCH,
     SHARED,
     LOAD_UNVERIFIED,
+    EXPLAIN,
+    EXPLAIN_DIR,
 )
 
 
@@ -390,6 +407,8 @@ class Settings:
     prefetch: bool = PREFETCH.default
     shared: bool = SHARED.default
     load_unverified: bool = LOAD_UNVERIFIED.default
+    explain: tuple[str, ...] = EXPLAIN.default
+    explain_dir: Path | None = EXPLAIN_DIR.default
     sources: Mapping[str, Source] = field(default_factory=dict)
 
     def source(self, option: Option[Any]) -> Source:
@@ -476,4 +495,6 @@ def resolve(raw: Mapping[Option[Any], Raw], *, rootpath: Path, invocation_dir: P
             f"{resolved.dir_source} and {resolved.source(REMOTE)} both name a remote: give "
             "--jax-cache-dir a local directory, or leave --jax-cache-remote out"
         )
+    if resolved.explain and resolved.explain_dir is None:
+        resolved = replace(resolved, explain_dir=invocation_dir / DEFAULT_EXPLAIN_DIR)
     return resolved

@@ -418,28 +418,42 @@ class Store:
 
     # -- what the entries say about themselves ------------------------------------------
 
-    def earlier_entries(
-        self, wanted: Iterable[str], before: float
-    ) -> dict[str, list[tuple[str, Metadata]]]:
-        """For each key, this machine's entries of the same program written before
-        ``before``, newest first. One pass over the directory for all keys (a jaxlib
-        upgrade misses every key: one scan each would be quadratic)."""
+    def earlier_entries(self, wanted: Iterable[str], before: float) -> dict[str, list[Metadata]]:
+        """For each key, the entries of the same program (on any machine) written before
+        ``before``, newest first (this machine's first among equals), the key's own
+        entry left out. One pass over the directory for all keys (a jaxlib upgrade
+        misses every key: one scan each would be quadratic)."""
         names = {key: keys.file_name(key) for key in wanted}
+        if not self.machine:
+            return {key: [] for key in names}
         by_program: dict[str, list[tuple[str, Metadata]]] = {
             keys.program_name(name): [] for name in names.values()
         }
-        for name in self.entry_names():
-            found = by_program.get(keys.program_name(name))
-            if found is None:
+        for machine in self.namespaces():
+            sub = self._sub(machine)
+            try:
+                found = [name for name, _ in self.directory.scan(sub)]
+            except OSError:
                 continue
-            metadata = entry.read_metadata(self.directory, self._sub(), name)
-            if metadata is not None and metadata.written_at < before:
-                found.append((name, metadata))
-        result = {}
+            for name in found:
+                same = by_program.get(keys.program_name(name))
+                if same is None or not keys.FILE_NAME.fullmatch(name):
+                    continue
+                metadata = entry.read_metadata(self.directory, sub, name)
+                if metadata is not None and metadata.written_at < before:
+                    same.append((name, metadata))
+        result: dict[str, list[Metadata]] = {}
         for key, name in names.items():
-            same = [item for item in by_program[keys.program_name(name)] if item[0] != name]
-            result[key] = sorted(same, key=lambda item: item[1].written_at, reverse=True)
+            others = [
+                metadata
+                for other, metadata in by_program[keys.program_name(name)]
+                if not (other == name and metadata.machine == self.machine)
+            ]
+            result[key] = sorted(others, key=self._newest_here_first, reverse=True)
         return result
+
+    def _newest_here_first(self, metadata: Metadata) -> tuple[float, bool]:
+        return metadata.written_at, metadata.machine == self.machine
 
     def entry_names(self) -> list[str]:
         """This machine's entries."""

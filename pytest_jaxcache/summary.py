@@ -87,6 +87,7 @@ def markdown(data: dict[str, Any], *, durations: int = 10) -> str:
     lines = ["### JAX compilation cache", "", *_table(["", ""], ["---", "---"], rows), ""]
     lines += _slowest(data, durations)
     lines += _uncachable(data)
+    lines += _not_written(data)
     lines += _misses(data)
     notices = list(cache.get("notices", []))
     if notices:
@@ -137,6 +138,22 @@ def _uncachable(data: dict[str, Any]) -> list[str]:
         return []
     header = ["test", "programs", ""]
     return _section("Uncachable compiles (host callbacks)", header, ["---"] * 3, rows)
+
+
+def _not_written(data: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            str(group["count"]),
+            _cell(group["reason"]),
+            _secs(group["secs"]),
+            ", ".join(_code(e) for e in group["examples"]),
+        ]
+        for group in data["not_written"]
+    ]
+    if not rows:
+        return []
+    header = ["programs", "why", "compiling", "for example"]
+    return _section("Compiled and not written", header, ["---:", "---", "---:", "---"], rows)
 
 
 def _misses(data: dict[str, Any]) -> list[str]:

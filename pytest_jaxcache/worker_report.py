@@ -17,7 +17,7 @@ from pytest_jaxcache.recorder import CompileRecord, Counts, Records, TestRecord
 from pytest_jaxcache.remote import RemoteStats
 from pytest_jaxcache.store import StoreStats
 
-VERSION = 1
+VERSION = 2
 EXCHANGE_KEY = "jaxcache"  # in workerinput (controller -> worker) and workeroutput
 
 
@@ -43,7 +43,7 @@ class WorkerReport:
             "version": VERSION,
             "records": asdict(self.records),
             "store": asdict(self.store),
-            "misses": [asdict(miss) for miss in self.misses],
+            "misses": [{**asdict(miss), "parts": list(miss.parts)} for miss in self.misses],
             "notices": list(self.notices),
             "installed": None if self.installed is None else asdict(self.installed),
             "remote": asdict(self.remote),
@@ -67,7 +67,10 @@ class WorkerReport:
                 listener_errors=list(records["listener_errors"]),
             ),
             store=StoreStats(**data["store"]),
-            misses=[Miss(**item) for item in data["misses"]],
+            misses=[
+                Miss(item["key"], item["reason"], item["cause"], tuple(item["parts"]))
+                for item in data["misses"]
+            ],
             notices=list(data["notices"]),
             installed=None if installed is None else InstallFacts(**installed),
             remote=RemoteStats(**data["remote"]),

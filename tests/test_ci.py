@@ -14,6 +14,7 @@ from markdown_it import MarkdownIt
 
 from pytest_jaxcache import cikey, report, summary
 from pytest_jaxcache.cli import PROG
+from pytest_jaxcache.explain import NEW, NEW_PROGRAM, MissGroup
 from pytest_jaxcache.recorder import (
     BACKEND_COMPILE_EVENT,
     HIT_EVENT,
@@ -211,6 +212,7 @@ def sample_document() -> dict[str, Any]:
     recorder.begin("test_b.py::test_y", "setup")
     recorder.start_compile(host_callbacks=True)
     recorder.on_event(REQUEST_EVENT)
+    recorder.note_unwritten("it has host callbacks, never written")
     recorder.on_duration(BACKEND_COMPILE_EVENT, 0.2, fun_name="jit(printing)")
     recorder.end()
     before = {"entries": 4, "bytes": 4096, "jax_files": 0, "jax_bytes": 0, "digest": "aaaa"}
@@ -232,7 +234,8 @@ def sample_document() -> dict[str, Any]:
         },
         jax_versions={"jax": "0.10.2", "jaxlib": "0.10.2"},
         store_stats={"writes": 1, "repaired": 0, "errors": []},
-        misses=[("new program: no earlier session compiled it", 1, ["jit_miss"])],
+        misses=[MissGroup(NEW_PROGRAM, NEW, (), 1, ("jit_miss",))],
+        miss_reasons={},
         workers={},
         lost_workers=[],
     )
@@ -240,11 +243,12 @@ def sample_document() -> dict[str, Any]:
 
 def test_the_job_summary_is_markdown_with_real_tables() -> None:
     """Rendered by a Markdown library: the figures table, the slowest phases, the
-    uncachable tests and the misses are real tables with the report's figures (one
-    arithmetic: hits/lookups and the rate agree); a pipe in a test id stays in its cell."""
+    uncachable tests, the programs not written and the misses are real tables with the
+    report's figures (one arithmetic: hits/lookups and the rate agree); a pipe in a test
+    id stays in its cell."""
     document = sample_document()
     rendered = html(summary.markdown(document))
-    assert rendered.count("<table>") == 4
+    assert rendered.count("<table>") == 5
     assert "<td><strong>50.0%</strong> (1/2 cachable lookups)</td>" in rendered
     outside = report.compiled_outside(document["totals"])
     assert outside.startswith("1 program compiled outside the cachable set")
@@ -254,6 +258,8 @@ def test_the_job_summary_is_markdown_with_real_tables() -> None:
     assert "<td><code>test_b.py::test_y</code></td>" in rendered
     assert "<strong>not marked jax_errors</strong>" in rendered
     assert "<td>new program: no earlier session compiled it</td>" in rendered
+    assert "<h4>Compiled and not written</h4>" in rendered
+    assert "<td>it has host callbacks, never written</td>" in rendered
     assert "<li>a notice | with a pipe</li>" in rendered
 
 

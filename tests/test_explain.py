@@ -9,22 +9,30 @@ from pathlib import Path
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.entry import Metadata, encode, read_metadata
 from pytest_jaxcache.explain import (
+    KEY_PARTS,
     NEW_PROGRAM,
+    PART_MEANINGS,
+    PROGRAM,
     PROGRAM_CHANGED,
+    REFUSED,
     UNKNOWN_ENVIRONMENT,
     Miss,
+    MissGroup,
     describe_change,
+    describe_parts,
     explain,
     summarise,
 )
+from pytest_jaxcache.explain import NEW as NEW_CAUSE
 from pytest_jaxcache.keys import file_name
 from pytest_jaxcache.ownership import adopt
 from pytest_jaxcache.store import Store
 
-H1, H2, H3 = "1" * 64, "2" * 64, "3" * 64
+H1, H2, H3, H4 = "1" * 64, "2" * 64, "3" * 64, "4" * 64
 
 OLD_ID, NEW_ID, GONE_ID, NO_ID = "0000000000000001", "0000000000000002", "00000000000000ff", ""
 MACHINE = "0123456789abcdef"
+OTHER_MACHINE = "fedcba9876543210"
 OLD = {
     "jax": "0.10.1",
     "jaxlib": "0.10.1",
@@ -163,9 +171,72 @@ def test_explain_each_reason(tmp_path: Path) -> None:
     )
 
 
-def _write_at(store: Store, key: str, session: str, written_at: float) -> None:
-    metadata = Metadata(written_at=written_at, machine=MACHINE, session=session)
-    store.directory.write_atomic(f"entries/{MACHINE}", file_name(key), encode(key, b"x", metadata))
+def _write_at(
+    store: Store,
+    key: str,
+    session: str,
+    written_at: float,
+    parts: dict[str, str] | None = None,
+    machine: str = MACHINE,
+) -> None:
+    metadata = Metadata(written_at=written_at, machine=machine, session=session, parts=parts or {})
+    store.directory.write_atomic(f"entries/{machine}", file_name(key), encode(key, b"x", metadata))
+
+
+PARTS = {
+    "computation": "c0",
+    "compile_options": "o0",
+    "accelerator_config": "a0",
+    "jax_lib version": "j0",
+}
+
+
+def test_a_miss_is_explained_by_the_parts_that_differ_from_the_nearest_entry(
+    tmp_path: Path,
+) -> None:
+    """Of this machine's earlier entries of the program, the one with most parts equal
+    (then the newest) is compared: its differing parts name the reason, most telling
+    first; another machine's entry is never the nearest."""
+    store = session_store(tmp_path, NEW_ID, NEW)
+    far = {**PARTS, "computation": "c1", "compile_options": "o1"}
+    near = {**PARTS, "compile_options": "o2"}
+    _write_at(store, f"jit_a-{H1}", NEW_ID, 300.0, far)  # newer, two parts differ
+    _write_at(store, f"jit_a-{H2}", NEW_ID, 100.0, near)  # older, one part differs
+    _write_at(store, f"jit_a-{H4}", NEW_ID, 400.0, PARTS, machine=OTHER_MACHINE)
+    _write_at(store, f"jit_b-{H1}", NEW_ID, 100.0, far)
+    _write_at(store, f"jit_c-{H1}", NEW_ID, 100.0, {**PARTS, "accelerator_config": "a1"})
+    _write_at(store, f"jit_d-{H1}", NEW_ID, 100.0)  # written without parts
+    current = {f"jit_{p}-{H3}": PARTS for p in "abcd"}
+    misses = explain(store, current, before=500.0, current=NEW, parts=current)
+    assert misses == [
+        Miss(f"jit_a-{H3}", PART_MEANINGS["compile_options"], KEY_PARTS, ("compile_options",)),
+        Miss(
+            f"jit_b-{H3}",
+            f"{PART_MEANINGS['compile_options']}; {PART_MEANINGS['computation']}",
+            KEY_PARTS,
+            ("compile_options", "computation"),
+        ),
+        Miss(
+            f"jit_c-{H3}", PART_MEANINGS["accelerator_config"], KEY_PARTS, ("accelerator_config",)
+        ),
+        Miss(f"jit_d-{H3}", PROGRAM_CHANGED, PROGRAM),
+    ]
+    assert misses[2].reason.startswith("the device assignment differs")
+
+
+def test_a_miss_without_its_own_parts_falls_back_to_the_environment(tmp_path: Path) -> None:
+    """A JAX without the key-parts seam records none: the earlier explanation applies."""
+    store = session_store(tmp_path, NEW_ID, NEW)
+    _write_at(store, f"jit_a-{H1}", NEW_ID, 100.0, PARTS)
+    assert explain(store, [f"jit_a-{H3}"], before=500.0, current=NEW) == [
+        Miss(f"jit_a-{H3}", PROGRAM_CHANGED, PROGRAM)
+    ]
+
+
+def test_describe_parts_names_unknown_parts_last() -> None:
+    assert describe_parts(["a new part", "computation"]) == (
+        f"{PART_MEANINGS['computation']}; the key part 'a new part' differs"
+    )
 
 
 def test_newest_earlier_entry_decides(tmp_path: Path) -> None:
@@ -182,9 +253,9 @@ def test_newest_earlier_entry_decides(tmp_path: Path) -> None:
         store, [f"jit_a-{H3}", f"jit_b-{H3}", f"jit_c-{H3}"], before=500.0, current=NEW
     )
     assert misses == [
-        Miss(f"jit_a-{H3}", PROGRAM_CHANGED),
-        Miss(f"jit_b-{H3}", PROGRAM_CHANGED),
-        Miss(f"jit_c-{H3}", NEW_PROGRAM),
+        Miss(f"jit_a-{H3}", PROGRAM_CHANGED, PROGRAM),
+        Miss(f"jit_b-{H3}", PROGRAM_CHANGED, PROGRAM),
+        Miss(f"jit_c-{H3}", NEW_PROGRAM, NEW_CAUSE),
     ]
 
 
@@ -199,7 +270,10 @@ def test_explain_nothing(tmp_path: Path) -> None:
     refused = {f"jit_y-{H1}": "written on another CPU: not loaded"}
     assert explain(
         store, {f"jit_x-{H1}", f"jit_y-{H1}"}, before=time.time(), current=NEW, refused=refused
-    ) == [Miss(f"jit_x-{H1}", NEW_PROGRAM), Miss(f"jit_y-{H1}", refused[f"jit_y-{H1}"])]
+    ) == [
+        Miss(f"jit_x-{H1}", NEW_PROGRAM, NEW_CAUSE),
+        Miss(f"jit_y-{H1}", refused[f"jit_y-{H1}"], REFUSED),
+    ]
 
 
 # -- summarise -------------------------------------------------------------------------------
@@ -214,8 +288,8 @@ def test_summarise_orders_by_count_with_examples() -> None:
     ]
     misses += [Miss(f"jit_y-{H1}", "middle"), Miss(f"jit_z-{H1}", "middle")]
     assert summarise(misses) == [
-        ("common", 5, ["jit_a", "jit_b", "jit_c"]),
-        ("middle", 2, ["jit_y", "jit_z"]),
-        ("rare", 1, ["jit_x"]),
+        MissGroup("common", NEW_CAUSE, (), 5, ("jit_a", "jit_b", "jit_c")),
+        MissGroup("middle", NEW_CAUSE, (), 2, ("jit_y", "jit_z")),
+        MissGroup("rare", NEW_CAUSE, (), 1, ("jit_x",)),
     ]
     assert summarise([]) == []

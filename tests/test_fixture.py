@@ -1,23 +1,17 @@
-"""The ``jax_cache`` fixture and the explanation of misses, end to end: real pytest
+"""The ``jax_cache`` fixture end to end: real pytest
 sessions in subprocesses, real JAX on CPU. ``assert_cached`` on cold and warm caches
 (a Torax-style "is the simulation cached?" check in a few lines), its failures,
-``counts()``/``compiles()``, and why programs missed: XLA_FLAGS changed, a program
-changed, a new program."""
+``counts()``/``compiles()``, and the reason it gives for a program that missed (the
+reasons themselves: ``test_why_compiled.py``)."""
 
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import CALLBACKS_CACHED, RunJax, write_files
-
-
-def misses_by_reason(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {miss["reason"]: miss for miss in report["misses"]}
-
 
 # -- assert_cached, counts(), compiles() -------------------------------------------------
 
@@ -245,114 +239,3 @@ def test_assert_cached_explains_a_program_that_changes_between_runs(
             "  jit(<lambda>): miss: its key changed between two identical runs*",
         ]
     )
-
-
-# -- why programs missed ---------------------------------------------------------------------
-
-MISS_SUITE = """
-    import os
-
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    N = int(os.environ.get("SHAPE_N", "3"))
-
-
-    def shaped(x):
-        return jnp.sin(x) * 2.0
-
-
-    def stable(x):
-        return jnp.cos(x) + 1.0
-
-
-    def test_shaped():
-        jax.jit(shaped)(np.ones(N, np.float32)).block_until_ready()
-
-
-    def test_stable():
-        jax.jit(stable)(np.ones(3, np.float32)).block_until_ready()
-
-
-    if os.environ.get("NEW_FN"):
-
-        def brand_new(x):
-            return jnp.tanh(x)
-
-        def test_new():
-            jax.jit(brand_new)(np.ones(3, np.float32)).block_until_ready()
-"""
-
-# Harmless on CPU, and part of every key: a run with it set shares no entry with one without.
-XLA_FLAGS = "--xla_cpu_enable_fast_math=false"
-
-
-def miss_line(result: pytest.RunResult, reason: str) -> str:
-    """The terminal's 'why programs missed:' line for ``reason``."""
-    lines = result.outlines
-    start = lines.index("why programs missed:")
-    found = [line for line in lines[start + 1 :] if reason in line]
-    assert found, lines[start:]
-    return found[0]
-
-
-def test_misses_are_explained(pytester: pytest.Pytester, run_jax: RunJax) -> None:
-    """After a cold run: a program whose shape changed misses as 'program changed', a
-    function no session compiled as 'new program' (unchanged programs hit); then with
-    XLA_FLAGS set every key changes and every miss says 'XLA_FLAGS changed'. The JSON
-    report and the terminal section agree."""
-    pytester.makepyfile(test_misses=textwrap.dedent(MISS_SUITE))
-    cache = f"--jax-cache-dir={pytester.path / 'cache'}"
-
-    result, cold = run_jax(cache, "-p", "no:xdist")
-    result.assert_outcomes(passed=2)
-    new = misses_by_reason(cold)
-    assert list(new) == ["new program: no earlier session compiled it"]
-    assert set(new[next(iter(new))]["examples"]) == {"jit_shaped", "jit_stable"}
-
-    changes = {"SHAPE_N": "4", "NEW_FN": "1"}
-    result, changed = run_jax(cache, "-p", "no:xdist", env=changes)
-    result.assert_outcomes(passed=3)
-    stable = [c["outcome"] for c in changed["compiles"] if c["name"] == "jit(stable)"]
-    assert stable == ["hit"]
-    reasons = misses_by_reason(changed)
-    program_changed = next(r for r in reasons if r.startswith("program changed"))
-    new_program = next(r for r in reasons if r.startswith("new program"))
-    assert len(reasons) == 2, reasons
-    assert reasons[program_changed]["examples"] == ["jit_shaped"]
-    assert reasons[program_changed]["count"] == 1
-    assert reasons[new_program]["examples"] == ["jit_brand_new"]
-    assert reasons[new_program]["count"] == 1
-    assert "jit_shaped" in miss_line(result, "program changed")
-    assert "jit_brand_new" in miss_line(result, "new program")
-
-    result, flagged = run_jax(cache, "-p", "no:xdist", env={**changes, "XLA_FLAGS": XLA_FLAGS})
-    result.assert_outcomes(passed=3)
-    assert flagged["cachable"]["hits"] == 0  # the flag really changed every key
-    assert flagged["cachable"]["misses"] == 3
-    assert [m["reason"] for m in flagged["misses"]] == ["XLA_FLAGS changed: every key changed"]
-    assert flagged["misses"][0]["count"] == 3
-    line = miss_line(result, "XLA_FLAGS changed")
-    assert line.split()[0] == "3", line
-
-
-def test_program_change_after_switching_flags_back_is_a_program_change(
-    pytester: pytest.Pytester, run_jax: RunJax
-) -> None:
-    """Cold run without XLA_FLAGS, a run with XLA_FLAGS, then without XLA_FLAGS again and
-    one shape changed: the unchanged program hits (the environment is the first run's),
-    so the miss is a program change, not an XLA_FLAGS change."""
-    pytester.makepyfile(test_misses=textwrap.dedent(MISS_SUITE))
-    cache = f"--jax-cache-dir={pytester.path / 'cache'}"
-
-    result, _ = run_jax(cache, "-p", "no:xdist")
-    result.assert_outcomes(passed=2)
-    result, _ = run_jax(cache, "-p", "no:xdist", env={"XLA_FLAGS": XLA_FLAGS})
-    result.assert_outcomes(passed=2)
-    result, back = run_jax(cache, "-p", "no:xdist", env={"SHAPE_N": "5"})
-    result.assert_outcomes(passed=2)
-    assert [c["outcome"] for c in back["compiles"] if c["name"] == "jit(stable)"] == ["hit"]
-    assert [m["reason"] for m in back["misses"]] == [
-        "program changed: same name, other code, shapes, dtypes or options"
-    ]

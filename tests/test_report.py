@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_jaxcache import markers, report
+from pytest_jaxcache.explain import ENVIRONMENT, NEW, MissGroup
 from pytest_jaxcache.recorder import (
     BACKEND_COMPILE_EVENT,
     HIT,
@@ -140,7 +141,7 @@ def build(
     recorder: Recorder,
     *,
     store: dict[str, Any] | None = None,
-    misses: list[tuple[str, int, list[str]]] | None = None,
+    misses: list[MissGroup] | None = None,
     workers: dict[str, dict[str, Any]] | None = None,
     lost_workers: list[str] | None = None,
     **cache: Any,
@@ -151,6 +152,7 @@ def build(
         jax_versions={"jax": "0.10.2", "jaxlib": "0.10.2"},
         store_stats={"hits": 0, "writes": 0, "errors": []} if store is None else store,
         misses=misses or [],
+        miss_reasons={},
         workers=workers or {},
         lost_workers=lost_workers or [],
     )
@@ -364,11 +366,15 @@ def test_build_tests_compiles_and_uncachable() -> None:
 def test_build_is_plain_json() -> None:
     """The document survives json round trip unchanged and names its schema."""
     data = build(
-        scenario_recorder(), misses=[("new program", 2, ["jit_a"])], workers=SCENARIO_WORKERS
+        scenario_recorder(),
+        misses=[MissGroup("new program", NEW, (), 2, ("jit_a",))],
+        workers=SCENARIO_WORKERS,
     )
     assert json.loads(json.dumps(data)) == data
     assert (data["schema"], data["version"]) == (report.SCHEMA, report.VERSION)
-    assert data["misses"] == [{"reason": "new program", "count": 2, "examples": ["jit_a"]}]
+    assert data["misses"] == [
+        {"reason": "new program", "cause": NEW, "parts": [], "count": 2, "examples": ["jit_a"]}
+    ]
     assert set(data["workers"]) == {"gw0", "gw1"}
 
 
@@ -598,7 +604,8 @@ def test_render_problems_and_store_extras() -> None:
 
 def test_render_miss_reasons() -> None:
     """Miss explanations are listed with their count and example programs."""
-    misses = [("jaxlib 0.10.1 -> 0.10.2: every key changed", 3, ["jit_a", "jit_b"])]
+    reason = "jaxlib 0.10.1 -> 0.10.2: every key changed"
+    misses = [MissGroup(reason, ENVIRONMENT, (), 3, ("jit_a", "jit_b"))]
     lines = report.render(build(Recorder(), misses=misses), verbosity=0, durations=10)
     index = lines.index("why programs missed:")
     assert lines[index + 1].split() == [

@@ -86,6 +86,11 @@ SAMPLES: dict[str, dict[str, tuple[str, Any]]] = {
     "prefetch": {"cli": ("no", False), "ini": ("yes", True)},
     "shared": {"cli": ("true", True), "ini": ("false", False), "env": ("1", True)},
     "load_unverified": {"cli": ("true", True), "ini": ("off", False), "env": ("yes", True)},
+    "explain": {
+        "cli": ("jit_loss*, jit_step", ("jit_loss*", "jit_step")),
+        "ini": ("jit_f", ("jit_f",)),
+    },
+    "explain_dir": {"cli": ("d", HERE / "d"), "ini": ("i", ROOT / "i")},
 }
 
 # For each option: a bad value and the problem its message names.
@@ -109,6 +114,8 @@ BAD: dict[str, tuple[str, str]] = {
     "prefetch": ("maybe", "expected true or false"),
     "shared": ("sure", "expected true or false"),
     "load_unverified": ("2", "expected true or false"),
+    "explain": ("", ""),  # every text is a list of globs (an empty one explains nothing)
+    "explain_dir": ("", ""),  # every text is a path
 }
 
 
@@ -378,3 +385,13 @@ def test_format_parse_agree() -> None:
     for text in ("3GiB", "512MiB", "7KiB"):
         number, unit = format_size(parse_size(text) or 0).split()
         assert f"{float(number):g}{unit}" == text
+
+
+def test_explain_writes_beside_the_invocation_unless_told() -> None:
+    """``--jax-cache-explain`` alone writes to ``jaxcache-explain`` in the invocation
+    directory; ``--jax-cache-explain-dir`` alone does nothing; an empty glob list is none."""
+    explained = resolve({settings.EXPLAIN: Raw(cli="jit_f")})
+    assert explained.explain == ("jit_f",)
+    assert explained.explain_dir == HERE / settings.DEFAULT_EXPLAIN_DIR
+    assert resolve({settings.EXPLAIN_DIR: Raw(cli="d")}).explain == ()
+    assert resolve({settings.EXPLAIN: Raw(cli=" , ")}).explain_dir is None

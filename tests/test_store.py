@@ -12,6 +12,7 @@ import os
 import queue
 import shutil
 import stat
+import struct
 import threading
 import time
 import traceback
@@ -24,7 +25,8 @@ import filelock
 import pytest
 
 from pytest_jaxcache.bookkeeping import Bookkeeping
-from pytest_jaxcache.entry import Metadata, encode
+from pytest_jaxcache.cachedir import TEMPORARY
+from pytest_jaxcache.entry import Metadata, encode, key_digest
 from pytest_jaxcache.keys import file_name
 from pytest_jaxcache.ownership import adopt
 from pytest_jaxcache.store import Lookup, Policy, Store, StoreStats
@@ -242,9 +244,13 @@ def test_a_get_before_bind_loads_and_writes_nothing(tmp_path: Path) -> None:
     """Until the machine is known (the first compile binds it), nothing is loaded."""
     write_entry(tmp_path)
     store = open_store(tmp_path, bind=False)
+    before = snapshot(tmp_path)
     found = store.get(KEY)
-    assert found.entry is None and "machine is not known" in found.refused
-    assert store.put(KEY, PAYLOAD) is False
+    assert found == Lookup(refused="the machine is not known yet: nothing is loaded")
+    assert (store.stats.misses, store.stats.hits) == (1, 0)
+    assert store.put(KEY, PAYLOAD) is False and store.stats.skipped_writes == 1
+    assert store.entry_names() == [] and store.earlier_entries([KEY], 1e12) == {KEY: []}
+    assert snapshot(tmp_path) == before  # no lock taken, no machine recorded
 
 
 def test_get_marks_use_for_lru(tmp_path: Path) -> None:
@@ -254,19 +260,51 @@ def test_get_marks_use_for_lru(tmp_path: Path) -> None:
     assert path.stat().st_mtime > 1000.0
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int, bytes | None]]:
+    """Every path under ``root`` (links not followed): mode, mtime and, for regular
+    files, contents."""
+    found: dict[str, tuple[int, int, bytes | None]] = {}
+    for path in [root, *root.rglob("*")]:
+        info = path.lstat()
+        data = path.read_bytes() if stat.S_ISREG(info.st_mode) else None
+        found[str(path.relative_to(root))] = (info.st_mode, info.st_mtime_ns, data)
+    return found
+
+
 def test_a_readonly_store_writes_and_touches_nothing(tmp_path: Path) -> None:
-    path = write_entry(tmp_path)
-    os.utime(path, (1000.0, 1000.0))
-    corrupt = write_entry(tmp_path, f"jit_g-{HASH_B}")
-    corrupt.write_bytes(b"garbage")
+    """Read-only: hits served without touching mtimes; corrupt, another key's,
+    untrusted and another machine's entries refused and counted but left in place;
+    misses claim no lock; writes skipped and counted; no machine record written."""
+    good = write_entry(tmp_path)
+    os.utime(good, (1000.0, 1000.0))
+    write_entry(tmp_path, f"jit_corrupt-{HASH_B}").write_bytes(b"garbage")
+    shutil.copyfile(good, entry_path(tmp_path, f"jit_copied-{HASH_B}"))
+    write_entry(tmp_path, f"jit_shared-{HASH_B}").chmod(0o666)
+    write_entry(tmp_path, f"jit_elsewhere-{HASH_B}", machine=OTHER_MACHINE)
+    before = snapshot(tmp_path)
+
     store = open_store(tmp_path, readonly=True)
-    assert store.get(KEY).entry is not None
-    assert path.stat().st_mtime == 1000.0
-    assert store.get(f"jit_g-{HASH_B}").entry is None
-    assert store.stats.repaired == 1 and corrupt.read_bytes() == b"garbage"
-    assert store.put(f"jit_h-{HASH_C}", PAYLOAD) is False
-    assert store.stats.skipped_writes == 1 and store.stats.writes == 0
-    assert not (tmp_path / "locks").exists()  # not even a lock was taken
+    hit = store.get(KEY)
+    assert hit.entry is not None and hit.entry.payload == PAYLOAD
+    refusals = {
+        name: store.get(f"jit_{name}-{HASH_B}").refused
+        for name in ("corrupt", "copied", "shared", "elsewhere", "new")
+    }
+    assert refusals == {
+        "corrupt": "not a readable entry (truncated, garbage or an old format)",
+        "copied": "written for another key",
+        "shared": "its entry file is writable by every user: not loaded",
+        "elsewhere": "written on another machine: not loaded",
+        "new": "",
+    }
+    assert store.put(f"jit_new-{HASH_B}", PAYLOAD) is False
+    store.release_claims()
+    stats = store.stats
+    assert (stats.hits, stats.misses) == (1, 5)
+    assert (stats.repaired, stats.wrong_key, stats.untrusted, stats.foreign) == (1, 1, 1, 1)
+    assert (stats.skipped_writes, stats.writes, stats.write_errors) == (1, 0, 0)
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "locks").exists() and not (tmp_path / "machines").exists()
 
 
 # -- what is never loaded --------------------------------------------------------------------
@@ -286,6 +324,24 @@ def test_a_corrupt_entry_is_removed_and_counted(tmp_path: Path, damage: str) -> 
     assert open_store(tmp_path).get(KEY).entry is not None
 
 
+def test_an_entry_whose_metadata_cannot_be_parsed_is_corrupt_and_never_raises(
+    tmp_path: Path,
+) -> None:
+    """get() never raises: a file whose head is ours and whose metadata holds a number
+    too large for a float (it is parsed before the digest is checked) is a corrupt
+    entry like any other, removed and recompiled. Lookups of earlier entries skip it."""
+    meta = b'{"written_at": 1' + b"0" * 400 + b"}"
+    head = struct.pack(">4sBBxxIQ", b"JXC2", 2, 0, len(meta), 0)
+    path = entry_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(head + meta + bytes(32))
+    store = open_store(tmp_path)
+    assert store.earlier_entries([f"jit_f-{HASH_B}"], before=1e12) == {f"jit_f-{HASH_B}": []}
+    found = store.get(KEY)
+    assert found.entry is None and found.refused.startswith("not a readable entry")
+    assert store.stats.repaired == 1 and not path.exists()
+
+
 def test_an_entry_under_another_keys_name_is_removed_and_counted(tmp_path: Path) -> None:
     """A valid entry of one key copied under another key's file name is not served."""
     source = write_entry(tmp_path, KEY)
@@ -298,18 +354,31 @@ def test_an_entry_under_another_keys_name_is_removed_and_counted(tmp_path: Path)
     assert store.get(KEY).entry is not None  # the original is untouched
 
 
-def test_untrusted_entries_are_not_loaded_and_are_replaced(tmp_path: Path) -> None:
-    """With a key set, an unsigned entry is counted untrusted and left for the next put,
-    which replaces it with a signed one."""
-    path = write_entry(tmp_path)
-    policy = Policy(signer=Signer((b"a-signing-key-of-16+",)), others_may_write=True)
+@pytest.mark.parametrize(
+    "written_with, why",
+    [
+        (None, "not signed, and a signing key is set"),
+        (Signer((b"someone-elses-secret!!",)), "signed with an unknown key, or tampered with"),
+    ],
+    ids=["unsigned", "another secret"],
+)
+def test_untrusted_entries_are_not_loaded_and_are_replaced(
+    tmp_path: Path, written_with: Signer | None, why: str
+) -> None:
+    """With a secret set, an unsigned entry or one signed with another secret is counted
+    untrusted and left in place; the put after the compile replaces it with one signed
+    with this secret."""
+    path = write_entry(tmp_path, signer=written_with)
+    policy = Policy(signer=Signer((b"a-signing-key-of-16+",)))
     store = open_store(tmp_path, policy=policy)
     found = store.get(KEY)
-    assert found.entry is None and found.refused == "not signed, and a signing key is set"
-    assert store.stats.untrusted == 1 and path.exists()
-    store.put(KEY, PAYLOAD)
+    assert found.entry is None and found.refused == why
+    assert (store.stats.untrusted, store.stats.repaired, store.stats.misses) == (1, 0, 1)
+    assert path.read_bytes() == entry_path(tmp_path).read_bytes()  # still there
+    assert store.put(KEY, PAYLOAD)
     signed = open_store(tmp_path, policy=policy).get(KEY).entry
     assert signed is not None and signed.signed
+    assert open_store(tmp_path).get(KEY).refused == "signed, and no signing key is set to verify it"
 
 
 @pytest.mark.parametrize("how", ["mode 666", "another owner"])
@@ -321,27 +390,49 @@ def test_an_entry_file_others_can_write_is_not_loaded(tmp_path: Path, how: str) 
     else:
         os.chown(path, 65534, 65534)
         reason = "owned by"
-    store = open_store(tmp_path)
-    found = store.get(KEY)
-    assert found.entry is None and reason in found.refused
-    assert store.stats.untrusted == 1
-    shared = open_store(tmp_path, policy=Policy(others_may_write=True))
-    assert shared.get(KEY).entry is not None  # a directory shared on purpose
-
-
-def test_an_entry_of_another_machine_is_explained_and_kept(tmp_path: Path) -> None:
-    """A key present only in another machine's namespace: not loaded, counted, and the
-    miss says how that machine differs; both namespaces keep their entries."""
-    other = write_entry(tmp_path, machine=OTHER_MACHINE)
-    books = Bookkeeping(adopt(tmp_path, readonly=False))
-    books.save_machine(OTHER_MACHINE, {**FACTS, "cpu features": "bbbbbbbbbbbb"})
+    written = path.read_bytes()
     store = open_store(tmp_path)
     found = store.get(KEY)
     assert found.entry is None
-    assert found.refused == "written on another CPU: not loaded"
-    assert store.stats.foreign == 1
+    assert found.refused.startswith(f"its entry file is {reason}") and found.refused.endswith(
+        ": not loaded"
+    )
+    assert (store.stats.untrusted, store.stats.misses) == (1, 1)
+    assert path.read_bytes() == written  # left for the put to replace
+    shared = open_store(tmp_path, policy=Policy(others_may_write=True))
+    assert shared.get(KEY).entry is not None  # a directory shared on purpose
     store.put(KEY, PAYLOAD)
-    assert other.exists() and entry_path(tmp_path).exists()
+    assert open_store(tmp_path).get(KEY).entry is not None
+    assert path.stat().st_uid == os.geteuid() and path.stat().st_mode & 0o022 == 0
+
+
+@pytest.mark.parametrize(
+    "theirs, why",
+    [
+        ({**FACTS, "cpu features": "bbbbbbbbbbbb"}, "written on another CPU"),
+        ({**FACTS, "jaxlib": "0.10.1"}, "written under jaxlib 0.10.1 (this is 0.10.2)"),
+        ({**FACTS, "backend cpu": "2"}, "written for another backend platform version"),
+        (None, "written on another machine"),
+    ],
+    ids=["cpu", "jaxlib", "backend", "no record"],
+)
+def test_a_key_only_another_machine_holds_is_explained_and_kept(
+    tmp_path: Path, theirs: dict[str, str] | None, why: str
+) -> None:
+    """A key present only in another machine's namespace: not loaded, counted foreign,
+    and the miss says how that machine differs (from machines/<namespace>.json); the
+    put writes this machine's entry beside it, and theirs is untouched."""
+    other = write_entry(tmp_path, machine=OTHER_MACHINE)
+    written = other.read_bytes()
+    if theirs is not None:
+        Bookkeeping(adopt(tmp_path, readonly=False)).save_machine(OTHER_MACHINE, theirs)
+    store = open_store(tmp_path)
+    found = store.get(KEY)
+    assert found.entry is None and found.refused == f"{why}: not loaded"
+    assert (store.stats.foreign, store.stats.misses) == (1, 1)
+    assert store.put(KEY, PAYLOAD)
+    assert other.read_bytes() == written and entry_path(tmp_path).is_file()
+    assert open_store(tmp_path).get(KEY).entry is not None
 
 
 def test_an_entry_that_says_another_machine_is_refused_in_this_namespace(tmp_path: Path) -> None:
@@ -353,17 +444,40 @@ def test_an_entry_that_says_another_machine_is_refused_in_this_namespace(tmp_pat
     assert store.stats.foreign == 1
 
 
-@pytest.mark.parametrize("kind", ["link", "self-link", "fifo", "directory"])
-def test_an_odd_file_named_like_an_entry_is_skipped(tmp_path: Path, kind: str) -> None:
-    """A link (to a valid entry outside), a link to itself, a FIFO or a directory where
-    an entry should be: never opened blocking, never followed; counted; the link's
-    target untouched; a put replaces it (but a directory)."""
+def get_in_a_thread(store: Store, key: str) -> Lookup:
+    """``store.get(key)``, failing (rather than hanging the suite) if it never returns:
+    a lookup that opened a FIFO for reading would block until someone writes to it."""
+    box: dict[str, Lookup] = {}
+    thread = threading.Thread(target=lambda: box.update(found=store.get(key)), daemon=True)
+    thread.start()
+    thread.join(WAIT)
+    assert not thread.is_alive(), "the lookup blocked"
+    return box["found"]
+
+
+@pytest.mark.parametrize(
+    "kind, described, replaced",
+    [
+        ("link", "a symbolic link", True),
+        ("self-link", "a symbolic link", True),
+        ("fifo", "a FIFO", True),
+        ("directory", "a directory", False),
+    ],
+)
+def test_an_odd_file_named_like_an_entry_is_skipped(
+    tmp_path: Path, kind: str, described: str, replaced: bool
+) -> None:
+    """A link (to a valid entry outside the cache), a link to itself, a FIFO or a
+    directory where an entry should be: never followed, never opened blocking, never
+    loaded; counted. The link's target is untouched; the next put replaces the odd file
+    with an entry (a directory it cannot replace: that write fails and is counted)."""
     outside = tmp_path / "outside.entry"
-    before = encode(KEY, PAYLOAD, Metadata(machine=MACHINE))
-    outside.write_bytes(before)
-    store = open_store(tmp_path / "cache")
-    path = entry_path(tmp_path / "cache")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    valid = encode(KEY, PAYLOAD, Metadata(machine=MACHINE))
+    outside.write_bytes(valid)
+    cache = tmp_path / "cache"
+    store = open_store(cache)
+    path = entry_path(cache)
+    path.parent.mkdir(parents=True)
     if kind == "link":
         path.symlink_to(outside)
     elif kind == "self-link":
@@ -372,15 +486,15 @@ def test_an_odd_file_named_like_an_entry_is_skipped(tmp_path: Path, kind: str) -
         os.mkfifo(path)
     else:
         path.mkdir()
-    found = store.get(KEY)
-    assert found.entry is None and found.refused.startswith("its entry is")
-    assert store.stats.odd_files == 1
-    written = store.put(KEY, PAYLOAD)
-    assert written is (kind != "directory")
-    assert stat.S_ISREG(path.lstat().st_mode) is (kind != "directory")
-    assert not outside.exists() or outside.read_bytes().endswith(
-        PAYLOAD + outside.read_bytes()[-32:]
-    )
+    found = get_in_a_thread(store, KEY)
+    assert found.entry is None
+    assert found.refused == f"its entry is {described}, not a regular file"
+    assert (store.stats.odd_files, store.stats.misses, store.stats.hits) == (1, 1, 0)
+    assert store.put(KEY, PAYLOAD) is replaced
+    assert store.stats.write_errors == int(not replaced)
+    assert stat.S_ISREG(path.lstat().st_mode) is replaced
+    assert outside.read_bytes() == valid
+    assert (get_in_a_thread(open_store(cache), KEY).entry is not None) is replaced
 
 
 def test_a_namespace_directory_that_is_a_link_loads_nothing(tmp_path: Path) -> None:
@@ -394,30 +508,76 @@ def test_a_namespace_directory_that_is_a_link_loads_nothing(tmp_path: Path) -> N
     assert list(outside.iterdir()) == []
 
 
-@pytest.mark.parametrize("break_it", ["no tmp dir", "entries is a file"])
-def test_a_failed_write_is_counted_never_raised(tmp_path: Path, break_it: str) -> None:
+@pytest.mark.parametrize(
+    "break_it, reason",
+    [
+        ("tmp removed", ".tmp'"),
+        ("tmp is a file", "a regular file, not a directory: 'tmp'"),
+        ("tmp is a link out", "a symbolic link, not a directory: 'tmp'"),
+        ("entries is a file", "a regular file, not a directory: 'entries'"),
+        ("namespace is a file", f"a regular file, not a directory: 'entries/{MACHINE}'"),
+    ],
+)
+def test_a_failed_write_is_counted_never_raised(tmp_path: Path, break_it: str, reason: str) -> None:
     """An OSError while writing is counted and noted; put() returns False, leaves no
-    temporary file, and still releases the key's lock."""
-    store = open_store(tmp_path)
-    store.put(f"jit_other-{HASH_B}", PAYLOAD)  # the layout exists, then breaks
+    temporary file, writes nothing outside the cache, and still releases the key's
+    lock."""
+    cache, outside = tmp_path / "cache", tmp_path / "outside"
+    outside.mkdir()
+    adopt(cache, readonly=False).close()
+    if break_it == "tmp is a file":  # before the store opens its tmp/
+        shutil.rmtree(cache / "tmp")
+        (cache / "tmp").write_bytes(b"not a directory")
+    elif break_it == "tmp is a link out":
+        shutil.rmtree(cache / "tmp")
+        (cache / "tmp").symlink_to(outside)
+    store = open_store(cache)
+    if break_it == "tmp removed":  # under a store that has written before
+        assert store.put(f"jit_other-{HASH_B}", PAYLOAD)
     assert store.get(KEY).entry is None  # claims the key
-    if break_it == "no tmp dir":
-        shutil.rmtree(tmp_path / "tmp")
-    else:
-        shutil.rmtree(tmp_path / "entries")
-        (tmp_path / "entries").write_bytes(b"not a directory")
+    if break_it == "tmp removed":
+        shutil.rmtree(cache / "tmp")
+    elif break_it == "entries is a file":
+        (cache / "entries").write_bytes(b"not a directory")
+    elif break_it == "namespace is a file":
+        (cache / "entries").mkdir()
+        (cache / "entries" / MACHINE).write_bytes(b"not a directory")
     assert store.put(KEY, PAYLOAD, 1.0) is False
-    assert store.stats.write_errors == 1 and store.stats.writes == 1  # the other key's
-    assert any(message.startswith(f"write {KEY}") for message in store.stats.errors)
-    assert lock_is_free(lock_path(tmp_path))
-    assert list((tmp_path / "tmp").glob("*")) == []
+    assert store.stats.write_errors == 1
+    assert store.stats.writes == int(break_it == "tmp removed")  # the other key's
+    written = [m for m in store.stats.errors if m.startswith(f"write {KEY}: ")]
+    assert len(written) == 1 and written[0].endswith(reason), store.stats.errors
+    assert lock_is_free(lock_path(cache))
+    assert not entry_path(cache).exists()
+    assert list(outside.iterdir()) == []
+    assert [p.name for p in cache.rglob("*") if TEMPORARY.fullmatch(p.name)] == []
+
+
+def test_a_locks_directory_that_is_a_link_out_is_never_used(tmp_path: Path) -> None:
+    """Without a lock of its own, a lookup still misses and the put still writes; no
+    lock or marker is made in the link's target."""
+    cache, outside = tmp_path / "cache", tmp_path / "outside"
+    outside.mkdir()
+    cache.mkdir()
+    (cache / "locks").symlink_to(outside)
+    store = open_store(cache)
+    assert store.get(KEY).entry is None and store.stats.misses == 1
+    store.release_claims()
+    assert store.get(KEY).entry is None
+    assert store.put(KEY, PAYLOAD) is True
+    assert open_store(cache).get(KEY).entry is not None
+    assert list(outside.iterdir()) == []
+    assert [m for m in store.stats.errors if m.startswith(f"lock {KEY}: ")] != []
 
 
 def test_stats_sum_and_notes_are_bounded() -> None:
-    stats = StoreStats(hits=2)
+    stats = StoreStats(hits=2, wait_secs=0.5)
     stats.note("same")
     stats.note("same")
     assert stats.errors == ["same"]
+    stats.add(StoreStats(hits=3, foreign=1, wait_secs=0.25, errors=["same", "other"]))
+    assert (stats.hits, stats.foreign, stats.wait_secs) == (5, 1, 0.75)
+    assert stats.errors == ["same", "other"]
     for index in range(30):
         stats.note(f"error {index}")
     assert len(stats.errors) == 20
@@ -528,8 +688,8 @@ def test_a_nocache_marker_stops_waiting_in_other_processes(tmp_path: Path) -> No
 
 
 def test_earlier_entries_of_the_same_program(tmp_path: Path) -> None:
-    """This machine's entries of the same program written before a time, newest first;
-    the key itself, other programs, later and broken entries left out."""
+    """The entries of the same program written before a time, newest first, on any
+    machine; the key's own entry, other programs, later and broken entries left out."""
     store = open_store(tmp_path)
     for key, when in [
         (f"jit_f-{HASH_B}", 100.0),
@@ -544,7 +704,11 @@ def test_earlier_entries_of_the_same_program(tmp_path: Path) -> None:
     entry_path(tmp_path, f"jit_f-{'e' * 64}").write_bytes(b"garbage")
     write_entry(tmp_path, f"jit_f-{'f' * 64}", machine=OTHER_MACHINE)
     found = store.earlier_entries([KEY], before=500.0)[KEY]
-    assert [name for name, _ in found] == [f"jit_f-{HASH_C}", f"jit_f-{HASH_B}"]
+    assert [(m.key_digest, m.machine) for m in found] == [
+        (key_digest(f"jit_f-{HASH_C}"), MACHINE),
+        (key_digest(f"jit_f-{HASH_B}"), MACHINE),
+        (key_digest(f"jit_f-{'f' * 64}"), OTHER_MACHINE),
+    ]
     nothing = f"jit_nothing-{HASH_A}"
     assert store.earlier_entries([nothing], before=500.0) == {nothing: []}
 

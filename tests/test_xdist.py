@@ -9,12 +9,16 @@ warm session only.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import ColdCache, RunJax, assert_all_hits, cold_session, write_files
+
+from pytest_jaxcache.store import StoreStats
 
 pytestmark = pytest.mark.slow
 
@@ -108,6 +112,9 @@ def test_same_program(n, all_workers_ready):
 """,
 }
 
+# The store's counters (hits, misses, writes, waits...): each worker has its own.
+COUNTERS = [field.name for field in fields(StoreStats) if field.type == "int"]
+
 _VERBOSE_XDIST = re.compile(r"^\[(gw\d+)\] \[\s*\d+%\] (PASSED|FAILED|ERROR|SKIPPED) (\S+)")
 _VERBOSE_LOCAL = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED)")
 
@@ -138,6 +145,37 @@ def assert_every_compile_hit(report: dict[str, Any]) -> None:
     assert not [c for c in report["compiles"] if c["outcome"] != "hit"]
 
 
+def assert_worker_figures(report: dict[str, Any], workers: set[str]) -> None:
+    """``report["workers"]`` holds exactly ``workers``, each with its own figures: its
+    test count is the tests the report puts on it, its store's hits and misses are its
+    compile records', its explained misses are its missed keys, it names the installed
+    store and JAX; and the store's counters are the sums of the workers' (the controller
+    compiles nothing)."""
+    assert set(report["workers"]) == workers
+    tests = Counter(t["worker"] for t in report["tests"])
+    for worker, info in report["workers"].items():
+        compiles = [c for c in report["compiles"] if c["worker"] == worker]
+        outcomes = Counter(c["outcome"] for c in compiles)
+        assert info["tests"] == tests[worker], worker
+        assert info["store"]["hits"] == outcomes["hit"], (worker, info["store"])
+        assert info["store"]["misses"] == outcomes["miss"], (worker, info["store"])
+        missed = sorted(c["key"] for c in compiles if c["outcome"] == "miss")
+        assert sorted(miss["key"] for miss in info["misses"]) == missed, worker
+        assert info["installed"] == {"store": report["cache"]["store"], **report["jax"]}, worker
+    everywhere = Counter(c["outcome"] for c in report["compiles"])
+    assert (report["store"]["hits"], report["store"]["misses"]) == (
+        everywhere["hit"],
+        everywhere["miss"],
+    )
+    processes = list(report["workers"].values()) or [report]  # without xdist: one process
+    for name in COUNTERS:
+        summed = sum(info["store"][name] for info in processes)
+        assert summed == report["store"][name], name
+    assert report["store"]["wait_secs"] == pytest.approx(
+        sum(info["store"]["wait_secs"] for info in processes)
+    )
+
+
 def assert_clean_output(output: str) -> None:
     """No internal error and no traceback through the plugin's code."""
     assert "INTERNALERROR" not in output
@@ -161,10 +199,12 @@ def warm_dir(pytester: pytest.Pytester, cold_cache: ColdCache) -> Path:
 
 
 def test_cold_run_compiles_every_program_once(cold_cache: ColdCache) -> None:
-    """The shared cold run: all eight tests reported, each program written once."""
+    """The shared cold run: all eight tests reported, each program written once, each
+    worker's figures its own."""
     report = cold_cache.report
     assert {t["nodeid"] for t in report["tests"]} == SUITE_TESTS
-    assert set(report["workers"]) == {"gw0", "gw1"}
+    assert_worker_figures(report, {"gw0", "gw1"})
+    assert report["lost_workers"] == []
     misses = [c["name"] for c in report["compiles"] if c["outcome"] == "miss"]
     assert report["store"]["writes"] == len(misses) == report["cachable"]["misses"] > 0
     assert report["cache"]["after"]["entries"] == report["store"]["writes"]
@@ -183,68 +223,68 @@ def test_report_merges_every_worker(run_jax: RunJax, warm_dir: Path) -> None:
     assert reported == {nodeid: worker for nodeid, (worker, _) in ran.items()}
     assert set(reported.values()) == {"gw0", "gw1"}
 
+    assert_worker_figures(report, {"gw0", "gw1"})
     workers = report["workers"]
-    assert set(workers) == {"gw0", "gw1"}
     assert sum(w["tests"] for w in workers.values()) == len(SUITE_TESTS)
-    assert sum(w["store"]["hits"] for w in workers.values()) == report["store"]["hits"]
-    for worker, info in workers.items():
-        assert info["tests"] == sum(1 for w in reported.values() if w == worker)
-        assert f"worker {worker}: {info['tests']} tests, {info['store']['hits']} hits" in (
-            result.stdout.str()
-        )
+    assert [line for line in result.outlines if line.startswith("worker gw")] == [
+        f"worker {worker}: {workers[worker]['tests']} tests, {workers[worker]['tests']} hits, "
+        "0 written, 0 waited"
+        for worker in ("gw0", "gw1")
+    ]
     assert report["lost_workers"] == []
 
 
 # -- single flight -------------------------------------------------------------------------
 
 
+def single_flight_session(run_jax: RunJax, base: Path, attempt: int) -> dict[str, Any]:
+    """One cold ``-n 2 --dist load`` session of SINGLE_FLIGHT on a fresh cache: the
+    program compiled once, by one worker, whether or not the lookups overlapped."""
+    barrier = {"JAXCACHE_TEST_BARRIER": str(base / f"barrier{attempt}")}
+    result, report = run_jax(
+        "-n", "2", "--dist", "load", f"--jax-cache-dir=c{attempt}", env=barrier
+    )
+    assert result.ret == 0
+    result.assert_outcomes(passed=6)
+
+    misses = [(c["name"], c["worker"]) for c in report["compiles"] if c["outcome"] == "miss"]
+    assert [name for name, _ in misses] == ["jit(shared_program)"], f"compiled: {misses}"
+    store, cachable = report["store"], report["cachable"]
+    assert cachable["requests"] == 6  # one lookup per test
+    assert cachable["misses"] == 1 and cachable["hits"] == 5
+    assert store["hits"] == cachable["hits"]
+    assert store["writes"] == store["misses"] == 1
+    assert store["lock_timeouts"] == 0
+    assert store["waited_hits"] <= store["lock_waits"]
+    assert_worker_figures(report, {"gw0", "gw1"})
+    assert report["lost_workers"] == []
+    return report
+
+
 def test_single_flight_across_workers(run_jax: RunJax, pytester: pytest.Pytester) -> None:
     """Cold ``-n 2 --dist load``, six tests, one program: it is compiled by exactly one
     worker; the other waits for the entry instead of compiling it too, and the report's
-    hit/wait figures add up. Retried on a fresh cache (at most 3 times) until the workers'
-    lookups really overlapped; the no-duplicate check holds on every attempt."""
+    hit/wait figures add up, per worker and in all. Retried on a fresh cache (at most 3
+    times) until the workers' lookups really overlapped; the no-duplicate check holds on
+    every attempt."""
     write_files(pytester.path, SINGLE_FLIGHT)
-    contended: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    reports: list[dict[str, Any]] = []
     for attempt in range(3):
-        barrier = {"JAXCACHE_TEST_BARRIER": str(pytester.path / f"barrier{attempt}")}
-        result, report = run_jax(
-            "-n", "2", "--dist", "load", f"--jax-cache-dir=c{attempt}", env=barrier
-        )
-        assert result.ret == 0
-        result.assert_outcomes(passed=6)
-
-        compiled_by: dict[str, set[str]] = {}
-        for record in report["compiles"]:
-            if record["outcome"] == "miss":
-                compiled_by.setdefault(record["name"], set()).add(record["worker"])
-        duplicates = {name: ws for name, ws in compiled_by.items() if len(ws) > 1}
-        assert not duplicates, f"compiled by more than one worker: {duplicates}"
-        misses = [c for c in report["compiles"] if c["outcome"] == "miss"]
-        assert [c["name"] for c in misses] == ["jit(shared_program)"]
-
-        store, cachable = report["store"], report["cachable"]
-        assert cachable["requests"] == 6  # one lookup per test
-        assert cachable["hits"] + cachable["misses"] == cachable["requests"]
-        assert cachable["misses"] == 1 and cachable["hits"] == 5
-        assert store["hits"] == cachable["hits"]
-        assert store["writes"] == store["misses"] == 1
-        assert store["lock_timeouts"] == 0
-        assert store["waited_hits"] <= store["lock_waits"]
-        assert store["waited_hits"] <= store["hits"]
-        workers = report["workers"]
-        assert set(workers) == {"gw0", "gw1"}
-        for name in ("hits", "waited_hits", "lock_waits", "writes"):
-            assert sum(w["store"][name] for w in workers.values()) == store[name]
-        if store["lock_waits"]:  # the lookups overlapped: no need to try again
-            contended.append((store, report))
-            break
-    assert contended, "the two workers' first lookups never overlapped in 3 attempts"
-    store, report = contended[0]
+        reports.append(single_flight_session(run_jax, pytester.path, attempt))
+        if reports[-1]["store"]["lock_waits"] > 0:
+            break  # the lookups overlapped: no need to try again
+    report = reports[-1]
+    store = report["store"]
+    assert store["lock_waits"] > 0, f"the lookups never overlapped in {len(reports)} attempts"
     # the waiting worker got the other's entry: a hit, never a second compile
-    assert store["waited_hits"] == store["lock_waits"] > 0
+    assert store["waited_hits"] == store["lock_waits"]
+    workers = report["workers"]
+    compiled = {worker for worker, info in workers.items() if info["store"]["writes"]}
+    waited = {worker for worker, info in workers.items() if info["store"]["lock_waits"]}
+    assert len(compiled) == len(waited) == 1 and compiled != waited, workers
     # and its wait is reported as waiting, not as compile or load time
     waits = [c for c in report["compiles"] if c["waited_secs"] > 0]
-    assert [c["outcome"] for c in waits] == ["hit"] * store["waited_hits"]
+    assert [(c["outcome"], c["worker"]) for c in waits] == [("hit", *waited)] * store["waited_hits"]
     assert store["wait_secs"] == pytest.approx(sum(c["waited_secs"] for c in waits))
     assert report["totals"]["wait_secs"] == pytest.approx(store["wait_secs"])
 
@@ -298,7 +338,8 @@ def test_warm_run_hits_everything(
     assert reported == {nodeid: worker for nodeid, (worker, _) in ran.items()}
     assert len(reported) == len(SUITE_TESTS)
     assert set(reported.values()) <= workers
-    assert set(report["workers"]) == workers - {""}
+    assert_worker_figures(report, workers - {""})
+    assert report["lost_workers"] == []
 
     placed: dict[str, set[str]] = {}
     for nodeid, worker in reported.items():
@@ -318,13 +359,14 @@ ALPHA_TESTS = {n for n in SUITE_TESTS if n.startswith("test_alpha.py")}
 
 
 def _early_stop(
-    run_jax: RunJax, pytester: pytest.Pytester, *args: str
+    run_jax: RunJax, pytester: pytest.Pytester, exit_code: pytest.ExitCode, *args: str
 ) -> tuple[dict[str, tuple[str, str]], dict[str, str], dict[str, Any]]:
-    """Run the warm suite with a failing test between its two modules; return what ran
-    (nodeid -> worker, outcome), what the report holds (nodeid -> worker), and the report."""
+    """Run the warm suite with a failing test between its two modules (the session ends
+    with ``exit_code``); return what ran (nodeid -> worker, outcome), what the report
+    holds (nodeid -> worker), and the report."""
     write_files(pytester.path, FAILING)
     result, report = run_jax(*args, "-v", "--jax-cache-dir=cache")
-    assert result.ret in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED)
+    assert result.ret == exit_code
     assert result.parseoutcomes()["failed"] == 1
     assert report, "no JSON report after an early stop"
     assert_clean_output(result.stdout.str())
@@ -339,23 +381,29 @@ def test_maxfail_stops_in_order_and_still_reports(
 ) -> None:
     """``-n 0 --maxfail=1``: test_alpha.py ran, test_b_fail.py stopped the session
     before test_beta.py, and the report holds exactly what ran, all of it hits."""
-    ran, reported, report = _early_stop(run_jax, pytester, "-n", "0", "--maxfail=1")
+    ran, reported, report = _early_stop(
+        run_jax, pytester, pytest.ExitCode.TESTS_FAILED, "-n", "0", "--maxfail=1"
+    )
     passed = {n for n, (_, outcome) in ran.items() if outcome == "PASSED"}
     assert passed == ALPHA_TESTS
     assert reported == {n: "" for n in passed}
     assert_every_compile_hit(report)
+    assert_worker_figures(report, set())
 
 
 def test_x_under_xdist_still_reports(
     run_jax: RunJax, pytester: pytest.Pytester, warm_dir: Path
 ) -> None:
-    """``-n 2 -x``: the session stops early; the report is still written with what
-    passed (whatever the workers got to), each under the worker that ran it, and no
-    program of theirs compiled."""
-    ran, reported, report = _early_stop(run_jax, pytester, "-n", "2", "-x")
+    """``-n 2 -x``: the session stops early (xdist: INTERRUPTED); the report is still
+    written with what passed (whatever the workers got to), each under the worker that
+    ran it, both workers' figures present, and no program of theirs compiled."""
+    ran, reported, report = _early_stop(
+        run_jax, pytester, pytest.ExitCode.INTERRUPTED, "-n", "2", "-x"
+    )
     passed = {n: w for n, (w, outcome) in ran.items() if outcome == "PASSED"}
     assert reported == passed  # every passing test compiled one program
-    assert all(c["outcome"] == "hit" for c in report["compiles"]), report["compiles"]
+    assert_every_compile_hit(report)
+    assert_worker_figures(report, {"gw0", "gw1"})
 
 
 INTERRUPT = {
@@ -401,9 +449,10 @@ def test_worker_dies():
 def test_crashed_worker_is_named(
     run_jax: RunJax, pytester: pytest.Pytester, warm_dir: Path
 ) -> None:
-    """A worker SIGKILLed mid-session: xdist replaces it, the session completes, the
-    report names the crashed worker in lost_workers, keeps the survivors' records (and
-    only theirs), and the terminal says which records are missing."""
+    """A worker SIGKILLed mid-session: xdist replaces it (gw2), the session completes,
+    the report names the crashed worker in lost_workers, keeps the records and figures
+    of the survivor and of the replacement (and only theirs), and the terminal says
+    which records are missing."""
     write_files(pytester.path, CRASH)
     result, report = run_jax("-n", "2", "-v", "--jax-cache-dir=cache")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
@@ -417,11 +466,11 @@ def test_crashed_worker_is_named(
     assert f"replacing crashed worker {crashed}" in output
     assert report["lost_workers"] == [crashed]
     assert f"notice: worker {crashed} crashed: its compile records are missing" in output
-    assert crashed not in report["workers"]
-    assert {"gw0", "gw1"} - {crashed} <= set(report["workers"])  # the survivor
+    [survivor] = {"gw0", "gw1"} - {crashed}
+    assert_worker_figures(report, {survivor, "gw2"})
 
     ran = outcomes_by_worker(result.outlines)
     survivors = {n: w for n, (w, o) in ran.items() if o == "PASSED" and w != crashed}
     reported = {t["nodeid"]: t["worker"] for t in report["tests"]}
     assert reported == survivors
-    assert all(c["outcome"] == "hit" for c in report["compiles"]), report["compiles"]
+    assert_every_compile_hit(report)
