@@ -7,8 +7,8 @@ Layout under the URL, one namespace per machine (trust.namespace)::
     <url>/<machine>/manifests/<session>.json    what the last sessions with this
                                                 fingerprint used: what to prefetch
 
-Reads go through the local store (read-through: a local miss asks here, and a verified
-entry is written locally); writes are uploaded in the background (write-behind) and
+Reads go through the local store (read-through: a local miss asks here, for a name the
+namespace's listing, made once per process, holds; a verified entry is written locally); writes are uploaded in the background (write-behind) and
 flushed, with a bounded wait, at the end of the session. Every call has a deadline; a
 few failures in a row turn the remote off for the rest of the session (the local tier
 goes on); a missing bucket, missing credentials or a missing library is one notice. A
@@ -86,6 +86,9 @@ class Remote:
         self._pending = 0
         self._idle = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
+        self._manifests: dict[tuple[str, str], list[list[str]]] = {}
+        self._listed: dict[str, frozenset[str] | None] = {}
+        self._listing_lock = threading.Lock()  # one listing per namespace and process
 
     @property
     def on(self) -> bool:
@@ -176,11 +179,31 @@ class Remote:
 
     # -- reads -------------------------------------------------------------------------
 
+    def _listing(self, fs: Any, machine: str) -> frozenset[str] | None:
+        """The entry names of ``machine``'s namespace, listed once per process, so that a
+        cold run asks the remote only for entries it has (``None``: the listing failed;
+        every lookup then asks)."""
+        with self._listing_lock:
+            if machine not in self._listed:
+                try:
+                    paths = self._timed(fs.ls, f"{self._root}/{machine}", detail=False)
+                    names = frozenset(str(path).rsplit("/", 1)[-1] for path in paths)
+                except FileNotFoundError:
+                    names = frozenset()
+                except Exception as error:
+                    self._failed("list the entries", error)
+                    names = None
+                self._listed[machine] = names
+            return self._listed[machine]
+
     def get(self, machine: str, name: str) -> bytes | None:
         """The remote's bytes for entry ``name`` of ``machine`` (unverified), or ``None``
         when it has none or cannot be asked. Never raises."""
         try:
             fs, _ = self._filesystem()
+            listed = self._listing(fs, machine)
+            if listed is not None and name not in listed:
+                raise FileNotFoundError(name)
             data: bytes = self._timed(fs.cat_file, self._path(machine, name))
         except RemoteOff:
             return None
@@ -291,7 +314,14 @@ class Remote:
         return self._path(machine, f"manifests/{session}.json")
 
     def used_before(self, machine: str, session: str) -> list[list[str]]:
-        """What each of the last sessions with this fingerprint used, newest first."""
+        """What each of the last sessions with this fingerprint used, newest first. Read
+        once per process: the session's end reuses what its start read."""
+        known = self._manifests.get((machine, session))
+        if known is None:
+            known = self._manifests[machine, session] = self._read_manifest(machine, session)
+        return known
+
+    def _read_manifest(self, machine: str, session: str) -> list[list[str]]:
         try:
             fs, _ = self._filesystem()
             data = self._timed(fs.cat_file, self._manifest_path(machine, session))

@@ -337,8 +337,10 @@ class CacheSession:
             leftovers = maintenance.has_temporaries()  # a writer was killed mid-write
         except OSError:
             leftovers = False
-        stats = self.total_stats()
+        stats, remote = self.total_stats(), self.total_remote()
+        # Entries downloaded from the remote were written locally too.
         changed = stats.writes or stats.repaired or stats.wrong_key
+        changed = changed or remote.hits or remote.prefetched
         if not (changed or leftovers or over_cap or self.settings.prune_after_sessions):
             self.after = self.before  # this session changed nothing: no second scan
         else:

@@ -164,6 +164,11 @@ def test_a_second_machine_gets_every_program_from_the_remote(
     assert remote["bytes_down"] > 0 and remote["uploads"] == 0
     assert len(list((second / "cache" / "entries" / namespace).iterdir())) == N_PROGRAMS
     assert any(line.startswith(f"remote: {url} (namespace {namespace}") for line in result.outlines)
+    # What came down was written locally: the contents changed (a CI job saves them).
+    cache = warm["cache"]
+    assert (cache["before"]["entries"], cache["after"]["entries"]) == (0, N_PROGRAMS)
+    assert cache["changed"] is True
+    assert cache["digest"] == cold["cache"]["digest"]
 
 
 def test_a_url_as_the_cache_directory_gets_a_local_tier_of_its_own(
