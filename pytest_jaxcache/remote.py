@@ -8,8 +8,9 @@ Layout under the URL, one namespace per machine (trust.namespace)::
                                                 fingerprint used: what to prefetch
 
 Reads go through the local store (read-through: a local miss asks here, for a name the
-namespace's listing, made once per process, holds; a verified entry is written locally); writes are uploaded in the background (write-behind) and
-flushed, with a bounded wait, at the end of the session. Every call has a deadline; a
+namespace's listing, made once per process, holds; a verified entry is written
+locally); writes are uploaded in the background (write-behind) and flushed, with a
+bounded wait, at the end of the session. Every call has a deadline; a
 few failures in a row turn the remote off for the rest of the session (the local tier
 goes on); a missing bucket, missing credentials or a missing library is one notice. A
 failing remote never fails or stalls a test.
