@@ -111,6 +111,19 @@ class Remote:
                 return self._fs, self._root
             return self._connect()
 
+    def connect_in_background(self) -> None:
+        """Start connecting now (importing the client library, probing the bucket), on
+        a daemon thread, so that the first lookup finds the connection made: a session
+        spends its first seconds importing JAX and collecting tests anyway."""
+
+        def connect() -> None:
+            try:
+                self._filesystem()
+            except RemoteOff:
+                pass  # said once, in the report
+
+        threading.Thread(target=connect, name="jaxcache-connect", daemon=True).start()
+
     def _connect(self) -> tuple[Any, str]:
         import os
 

@@ -92,6 +92,7 @@ class CacheSession:
             readonly=self.settings.remote_mode is Mode.READONLY,
         )
         self.store.remote = self.remote
+        self.remote.connect_in_background()
         if self.settings.xla_caches != "none":  # XLA's caches cannot live in a bucket
             self.notices.append(
                 f"with a remote tier, jax_persistent_cache_enable_xla_caches is none "
