@@ -106,7 +106,9 @@ class Remote:
             raise RemoteOff(self.off_reason)
         if self._fs is not None and self._pid == os.getpid():
             return self._fs, self._root
-        with self._connecting:
+        with self._connecting:  # another thread may have connected, or failed to
+            if self.off_reason:
+                raise RemoteOff(self.off_reason)
             if self._fs is not None and self._pid == os.getpid():
                 return self._fs, self._root
             return self._connect()
