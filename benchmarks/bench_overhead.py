@@ -17,15 +17,12 @@ from benchlib import (
     Run,
     Summary,
     Workspace,
-    fmt_ratio,
-    log,
+    alternate,
+    pair_row,
     prime,
-    ratio,
     run_pytest,
     section,
-    summarise,
     table,
-    verdict,
 )
 
 NAME = "overhead"
@@ -61,42 +58,16 @@ def _run(plugin: bool, extra: list[str], suite: Path, cache: Path, ws: Workspace
     return run
 
 
-def _pair(
-    index: int, extra: list[str], suite: Path, cache: Path, ws: Workspace
-) -> tuple[float, float]:
-    """One on/off pair, the order alternating with ``index``; returns the on / off
-    ratios of wall time and of CPU time."""
-    runs: dict[bool, Run] = {}
-    order = (True, False) if index % 2 == 0 else (False, True)
-    for plugin in order:
-        runs[plugin] = _run(plugin, extra, suite, cache, ws)
-    on, off = runs[True], runs[False]
-    return ratio(on.wall_secs, off.wall_secs), ratio(on.cpu_secs, off.cpu_secs)
-
-
 def _measure(
     label: str, pairs: int, extra: list[str], suite: Path, cache: Path, ws: Workspace
 ) -> tuple[Summary, Summary]:
-    """(wall, CPU) on / off ratios over ``pairs`` pairs."""
-    walls, cpus = [], []
-    for index in range(pairs):
-        log(f"{NAME}: {label}: pair {index + 1}/{pairs}")
-        wall, cpu = _pair(index, extra, suite, cache, ws)
-        walls.append(wall)
-        cpus.append(cpu)
-    return summarise(walls), summarise(cpus)
-
-
-def _row(label: str, figures: tuple[Summary, Summary], target: bool) -> list[object]:
-    wall, cpu = figures
-    return [
-        label,
-        wall.n,
-        fmt_ratio(wall, 3),
-        fmt_ratio(cpu, 3),
-        f"<= {TARGET:.2f}" if target else "-",
-        verdict(wall.median <= TARGET) if target else "-",
-    ]
+    """(wall, CPU) on / off ratios over ``pairs`` pairs, the order alternating."""
+    return alternate(
+        pairs,
+        f"{NAME}: {label}",
+        lambda _: _run(True, extra, suite, cache, ws),
+        lambda _: _run(False, extra, suite, cache, ws),
+    )
 
 
 def run(ctx: Context) -> str:
@@ -117,7 +88,7 @@ def run(ctx: Context) -> str:
         "of wall time and of CPU time, both including interpreter start and "
         "`import jax`."
     )
-    rows = [_row("serial", serial, True), _row("`-n 2`", xdist, False)]
+    rows = [pair_row("serial", serial, TARGET), pair_row("`-n 2`", xdist, None)]
     headers = [
         "run",
         "pairs",

@@ -2,7 +2,9 @@
 
 Stores compared, each in its own directory:
 
-- ours: ``pytest_jaxcache.store.Store``;
+- ours: ``pytest_jaxcache.store.Store``, unsigned;
+- ours signed: the same with a signing key (``JAX_CACHE_SIGNING_KEY``): an HMAC-SHA256
+  over key, header and payload on every put and get;
 - JAX capped: ``jax._src.lru_cache.LRUCache(path, max_size=10 GB)``: eviction on, so
   every write takes one global lock and scans the whole directory, as it does for users
   who set ``jax_compilation_cache_max_size``;
@@ -32,6 +34,7 @@ from benchlib import (
     BenchError,
     Context,
     Summary,
+    fmt_ratio,
     fmt_x,
     log,
     ratio,
@@ -43,7 +46,9 @@ from benchlib import (
 )
 from jax._src.lru_cache import LRUCache
 
-from pytest_jaxcache.store import Store
+from pytest_jaxcache.ownership import adopt
+from pytest_jaxcache.store import Policy, Store
+from pytest_jaxcache.trust import Signer
 
 NAME = "store"
 TITLE = "Bench 3: store at 5,000 entries"
@@ -52,7 +57,10 @@ PAYLOAD_BYTES = 20_000
 PAYLOAD_POOL = 64
 CAP_BYTES = 10 * 10**9
 PUT_TARGET = 50.0
-OURS, CAPPED, UNCAPPED = "ours", "jax_capped", "jax_uncapped"
+SIGNED_TARGET = 1.02  # signed / unsigned per-operation time
+OURS, SIGNED, CAPPED, UNCAPPED = "ours", "ours_signed", "jax_capped", "jax_uncapped"
+MACHINE = "0123456789abcdef"  # the namespace a session binds the store to
+SECRET = b"benchmark-signing-key"
 
 Put = Callable[[str, bytes], None]
 Get = Callable[[str], bytes | None]
@@ -96,12 +104,13 @@ def make_payloads(n: int) -> list[bytes]:
     return [pool[i % PAYLOAD_POOL] for i in range(n)]
 
 
-def our_ops(root: Path) -> Ops:
-    store = Store(root)
-    store.create()
+def our_ops(root: Path, *, signed: bool = False) -> Ops:
+    policy = Policy(signer=Signer((SECRET,) if signed else ()))
+    store = Store(adopt(root, readonly=False), policy=policy)
+    store.bind(MACHINE, {"jaxlib": "bench"}, "be4c4be4c4be4c4b")
 
     def get(key: str) -> bytes | None:
-        entry = store.get(key)
+        entry = store.get(key).entry
         return None if entry is None else entry.payload
 
     def put(key: str, payload: bytes) -> None:
@@ -175,15 +184,19 @@ class Results:
 def _measure(root: Path, p: Plan) -> Results:
     keys, payloads = make_keys(N_ENTRIES), make_payloads(N_ENTRIES)
     ours = our_ops(root / OURS)
+    signed = our_ops(root / SIGNED, signed=True)
     uncapped = jax_ops(root / UNCAPPED, -1)
-    log(f"{NAME}: puts 0..{p.fill_end} (ours, JAX uncapped)")
+    log(f"{NAME}: puts 0..{p.fill_end} (ours, ours signed, JAX uncapped)")
     fill = _timed_puts(
-        {OURS: ours, UNCAPPED: uncapped}, _chunks(0, p.fill_end, p.fill_chunk), keys, payloads
+        {OURS: ours, SIGNED: signed, UNCAPPED: uncapped},
+        _chunks(0, p.fill_end, p.fill_chunk),
+        keys,
+        payloads,
     )
     log(f"{NAME}: pre-filling the capped store to {p.fill_end} entries (untimed)")
     capped = _prefill_capped(root / CAPPED, keys[: p.fill_end], payloads[: p.fill_end])
-    log(f"{NAME}: puts {p.fill_end}..{N_ENTRIES} (ours, JAX capped, JAX uncapped)")
-    stores = {OURS: ours, CAPPED: capped, UNCAPPED: uncapped}
+    log(f"{NAME}: puts {p.fill_end}..{N_ENTRIES} (ours, signed, JAX capped, JAX uncapped)")
+    stores = {OURS: ours, SIGNED: signed, CAPPED: capped, UNCAPPED: uncapped}
     last = _timed_puts(stores, _chunks(p.fill_end, N_ENTRIES, p.capped_chunk), keys, payloads)
     log(f"{NAME}: gets of all {N_ENTRIES} entries, shuffled")
     order = random.Random(1).sample(keys, len(keys))
@@ -198,25 +211,29 @@ def _measure(root: Path, p: Plan) -> Results:
 
 def _rows(r: Results, p: Plan) -> list[list[str]]:
     capped_put = _ratios(r.last, CAPPED)
-    fill_all = {name: r.fill[name] + r.last[name] for name in (OURS, UNCAPPED)}
+    fill_all = {name: r.fill[name] + r.last[name] for name in (OURS, SIGNED, UNCAPPED)}
+    signed_put, signed_get = _ratios(fill_all, SIGNED), _ratios(r.gets, SIGNED)
     return [
         [
             f"put, entries 0 -> {N_ENTRIES:,}",
             "not timed (O(N) per put)",
             fmt_x(_ratios(fill_all, UNCAPPED)),
-            "-",
+            fmt_ratio(signed_put),
+            f"signed <= {SIGNED_TARGET:.2f}: {verdict(signed_put.median <= SIGNED_TARGET)}",
         ],
         [
             f"put, entries {p.fill_end:,} -> {N_ENTRIES:,} ({p.capped_puts} puts)",
             fmt_x(capped_put),
             fmt_x(_ratios(r.last, UNCAPPED)),
+            fmt_ratio(_ratios(r.last, SIGNED)),
             f"capped >= {PUT_TARGET:.0f}x: {verdict(capped_put.median >= PUT_TARGET)}",
         ],
         [
             f"get, all {N_ENTRIES:,} entries (shuffled)",
             fmt_x(_ratios(r.gets, CAPPED)),
             fmt_x(_ratios(r.gets, UNCAPPED)),
-            "-",
+            fmt_ratio(signed_get),
+            f"signed <= {SIGNED_TARGET:.2f}: {verdict(signed_get.median <= SIGNED_TARGET)}",
         ],
     ]
 
@@ -234,7 +251,9 @@ def run(ctx: Context) -> str:
         "Per-operation time ratio, theirs / ours (> 1: ours is faster); cells: median "
         "(min-max) over chunks in which the stores take turns. JAX capped = "
         f"`LRUCache(max_size={CAP_BYTES // 10**9} GB)` (eviction on: a global lock and "
-        "a directory scan per put); JAX uncapped = `LRUCache(max_size=-1)`."
+        "a directory scan per put); JAX uncapped = `LRUCache(max_size=-1)`; ours signed "
+        "= our store with a signing key (HMAC-SHA256 on every put and get: that column "
+        "is signed / unsigned, so < 1.02 means signing costs under 2%)."
     )
     note = (
         f"The capped store is timed only on puts {p.fill_end:,} -> {N_ENTRIES:,}: its "
@@ -244,5 +263,11 @@ def run(ctx: Context) -> str:
         "(entries written with eviction off have none, and the scan fails on them). "
         "Our store and the uncapped one are timed on every put."
     )
-    headers = ["operation", "JAX capped / ours", "JAX uncapped / ours", "target"]
+    headers = [
+        "operation",
+        "JAX capped / ours",
+        "JAX uncapped / ours",
+        "ours signed / ours",
+        "target",
+    ]
     return section(TITLE, intro, table(headers, _rows(results, p)), note)

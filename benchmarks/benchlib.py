@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -161,12 +161,33 @@ def run_pytest(
         command += ["-p", TIMER_PLUGIN]
     if report is not None:
         command += ["--jax-cache-report", str(report)]
+    timed = run_timed(command, cwd=cwd, env=subprocess_env(env))
+    secs, files = read_timer(timer_dir) if timer_dir is not None else (0.0, 0)
+    data = json.loads(report.read_text()) if report is not None else None
+    return Run(timed.wall_secs, timed.cpu_secs, secs, files, data, timed.output)
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One timed command: wall and CPU time (user + system of it and its children)."""
+
+    wall_secs: float
+    cpu_secs: float
+    output: str
+
+
+def run_timed(
+    command: Sequence[str | os.PathLike[str]], *, cwd: Path, env: Mapping[str, str] | None = None
+) -> Timed:
+    """Run ``command`` in ``cwd`` and time it; raise :class:`BenchError` unless it
+    exits 0 (with the tail of its output)."""
+    argv = [str(part) for part in command]
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
-        command,
+        argv,
         cwd=cwd,
-        env=subprocess_env(env),
+        env=None if env is None else dict(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -177,10 +198,8 @@ def run_pytest(
     cpu = _cpu_secs(resource.getrusage(resource.RUSAGE_CHILDREN)) - _cpu_secs(usage)
     if done.returncode != 0:
         tail = "\n".join(done.stdout.splitlines()[-40:])
-        raise BenchError(f"exit {done.returncode}: {' '.join(command)}\n{tail}")
-    secs, files = read_timer(timer_dir) if timer_dir is not None else (0.0, 0)
-    data = json.loads(report.read_text()) if report is not None else None
-    return Run(wall, cpu, secs, files, data, done.stdout)
+        raise BenchError(f"exit {done.returncode}: {' '.join(argv)}\n{tail}")
+    return Timed(wall, cpu, done.stdout)
 
 
 def _cpu_secs(usage: resource.struct_rusage) -> float:
@@ -298,3 +317,44 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 def section(title: str, intro: str, *blocks: str) -> str:
     """A markdown section: heading, a paragraph, then tables or notes."""
     return "\n\n".join([f"## {title}", intro.strip(), *[b.strip() for b in blocks if b]])
+
+
+# -- pairs -------------------------------------------------------------------------------
+
+
+def alternate(
+    pairs: int, label: str, first: Callable[[int], Run], second: Callable[[int], Run]
+) -> tuple[Summary, Summary]:
+    """Run ``first(i)`` and ``second(i)`` back to back ``pairs`` times, the order
+    alternating; return (wall, CPU) summaries of the per-pair ratios first / second."""
+    walls, cpus = [], []
+    for index in range(pairs):
+        log(f"{label}: pair {index + 1}/{pairs}")
+        runs: dict[int, Run] = {}
+        order = (0, 1) if index % 2 == 0 else (1, 0)
+        for which in order:
+            runs[which] = (first, second)[which](index)
+        walls.append(ratio(runs[0].wall_secs, runs[1].wall_secs))
+        cpus.append(ratio(runs[0].cpu_secs, runs[1].cpu_secs))
+    return summarise(walls), summarise(cpus)
+
+
+def pair_row(label: str, figures: tuple[Summary, Summary], target: float | None) -> list[object]:
+    """A table row of :func:`alternate`'s figures: label, pairs, wall and CPU ratios,
+    and the wall ratio's target and verdict (``None``: no target)."""
+    wall, cpu = figures
+    return [
+        label,
+        wall.n,
+        fmt_ratio(wall, 3),
+        fmt_ratio(cpu, 3),
+        "-" if target is None else f"<= {target:.2f}",
+        "-" if target is None else verdict(wall.median <= target),
+    ]
+
+
+def require_hit_rate(run: Run, expected: float) -> None:
+    """Raise :class:`BenchError` unless the session's cachable hit rate is ``expected``."""
+    rate = run.require_report()["cachable"]["hit_rate"]
+    if rate != expected:
+        raise BenchError(f"cachable hit rate {rate}, expected {expected}:\n{run.output[-2000:]}")

@@ -27,7 +27,11 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import bench_examples  # noqa: E402
+import bench_keyparts  # noqa: E402
 import bench_overhead  # noqa: E402
+import bench_remote  # noqa: E402
+import bench_roundtrip  # noqa: E402
+import bench_signing  # noqa: E402
 import bench_store  # noqa: E402
 import bench_xdist  # noqa: E402
 from benchlib import BenchError, Context, Workspace, log  # noqa: E402
@@ -37,6 +41,10 @@ BENCHES: dict[str, Callable[[Context], str]] = {
     bench_overhead.NAME: bench_overhead.run,
     bench_store.NAME: bench_store.run,
     bench_xdist.NAME: bench_xdist.run,
+    bench_signing.NAME: bench_signing.run,
+    bench_keyparts.NAME: bench_keyparts.run,
+    bench_roundtrip.NAME: bench_roundtrip.run,
+    bench_remote.NAME: bench_remote.run,
 }
 SMALL_SUITE = ("test_vmap.py", "test_checks.py")
 RESULTS = BENCH_DIR / "results" / "latest.md"

@@ -20,6 +20,7 @@ fsspec and the protocol's library (gcsfs, s3fs) are imported on first use only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -119,10 +120,8 @@ class Remote:
         spends its first seconds importing JAX and collecting tests anyway."""
 
         def connect() -> None:
-            try:
+            with contextlib.suppress(RemoteOff):  # said once, in the report
                 self._filesystem()
-            except RemoteOff:
-                pass  # said once, in the report
 
         threading.Thread(target=connect, name="jaxcache-connect", daemon=True).start()
 
