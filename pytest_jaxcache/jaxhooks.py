@@ -291,10 +291,12 @@ class _Collect:
         self.chunks.append(bytes(data))
 
 
+_CALLBACKS_MESSAGE = "because it uses host callbacks"
+
 # Messages JAX logs when it compiles a program and does not write it, and what they mean
 # (jax._src.compiler / compilation_cache; the same text from 0.6 to 0.12).
 _UNWRITTEN_MESSAGES: tuple[tuple[str, Callable[[tuple[Any, ...]], str]], ...] = (
-    ("because it uses host callbacks", lambda args: "it has host callbacks, never written"),
+    (_CALLBACKS_MESSAGE, lambda args: "it has host callbacks, never written"),
     # Reasons name the threshold, not each program's figure: programs are grouped by them.
     (
         "because it took < ",
@@ -327,7 +329,9 @@ class _CompileLogs(logging.Filter):
                 for fragment, explain in _UNWRITTEN_MESSAGES:
                     if fragment in record.msg:
                         args = record.args if isinstance(record.args, tuple) else ()
-                        self._recorder.note_unwritten(explain(args))
+                        self._recorder.note_unwritten(
+                            explain(args), host_callbacks=fragment == _CALLBACKS_MESSAGE
+                        )
                         break
         except Exception:  # an odd record: it says nothing to us
             pass

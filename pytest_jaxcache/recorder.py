@@ -5,8 +5,9 @@ JAX emits, for one compile: ``compile_requests_use_cache`` (a lookup), then eith
 ``backend_compile_duration`` with the program's name, which wraps the lookup, the
 compile and the write. Cache events carry no name, so they are kept per thread until
 that closing event. A lookup with neither hit nor write is an *uncachable* compile
-when the program has host callbacks, and *unwritten* when a size or time threshold kept
-it out; a compile with no lookup ran with the cache off.
+when the program has host callbacks (and JAX gave no other reason), and *unwritten* when
+JAX or the store gave another reason (a size or time threshold, a failed write); a
+compile with no lookup ran with the cache off.
 
 Listeners run inside the user's compile: :meth:`Recorder.on_event` and
 :meth:`Recorder.on_duration` swallow every exception (and count it) rather than raise.
@@ -121,6 +122,7 @@ class _Pending:
     stored_compile_secs: float | None = None
     refused: str = ""
     unwritten: str = ""  # why the program was not written
+    unwritten_for_callbacks: bool = False  # ... because it has host callbacks
     parts: dict[str, str] = field(default_factory=dict)  # its key's part digests
     waited_secs: float = 0.0
     trace_secs: float = 0.0
@@ -232,9 +234,13 @@ class Recorder:
         pending.refused = refused or pending.refused
         pending.waited_secs += waited_secs
 
-    def note_unwritten(self, reason: str) -> None:
-        """The compile under way in this thread will not be written, for ``reason``."""
-        self._pending().unwritten = reason
+    def note_unwritten(self, reason: str, *, host_callbacks: bool = False) -> None:
+        """The compile under way in this thread will not be written, for ``reason``
+        (``host_callbacks``: because the program has host callbacks; any other reason,
+        a threshold say, makes it *unwritten*, also when it has callbacks)."""
+        pending = self._pending()
+        pending.unwritten = reason
+        pending.unwritten_for_callbacks = host_callbacks
 
     def note_key_parts(self, parts: dict[str, str]) -> None:
         """The digests of the parts of the key of the compile under way (to explain
@@ -258,7 +264,9 @@ class Recorder:
             outcome = HIT
         elif pending.written and not pending.unwritten:
             outcome = MISS
-        elif pending.host_callbacks is False:
+        elif pending.host_callbacks is False or (
+            pending.unwritten and not pending.unwritten_for_callbacks
+        ):
             outcome = UNWRITTEN
         else:
             outcome = UNCACHABLE

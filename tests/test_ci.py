@@ -212,7 +212,7 @@ def sample_document() -> dict[str, Any]:
     recorder.begin("test_b.py::test_y", "setup")
     recorder.start_compile(host_callbacks=True)
     recorder.on_event(REQUEST_EVENT)
-    recorder.note_unwritten("it has host callbacks, never written")
+    recorder.note_unwritten("it has host callbacks, never written", host_callbacks=True)
     recorder.on_duration(BACKEND_COMPILE_EVENT, 0.2, fun_name="jit(printing)")
     recorder.end()
     before = {"entries": 4, "bytes": 4096, "jax_files": 0, "jax_bytes": 0, "digest": "aaaa"}

@@ -220,9 +220,10 @@ def test_programs_not_written_are_named_and_counted_alike_everywhere(
 ) -> None:
     """An equinox-style warm run: a big program hits; a small one stays under
     ``--jax-cache-min-entry-size`` and a program with host callbacks is never written
-    (up to JAX 0.10; from 0.11 it hits too). Each compiled program is named with JAX's
-    reason, and the quiet line, the section, the JSON and the job summary give one hit
-    rate and one count of programs compiled outside the cachable set."""
+    (up to JAX 0.10; from 0.11 the size threshold keeps it out too). Each compiled
+    program is named with JAX's reason, and the quiet line, the section, the JSON and
+    the job summary give one hit rate and one count of programs compiled outside the
+    cachable set."""
     write_files(pytester.path, MIX_SUITE)
     args = ("--jax-cache-dir=cache", f"--jax-cache-min-entry-size={MIN_ENTRY_SIZE}", "-n", "2")
     result, _ = run_jax(*args)
@@ -239,26 +240,22 @@ def test_programs_not_written_are_named_and_counted_alike_everywhere(
     threshold = f"--jax-cache-min-entry-size ({MIN_ENTRY_SIZE} bytes)"
     small_why = f"its entry is smaller than {threshold}"
     assert compiled["jit_small"] == ("unwritten", small_why)
-    # The one place the JAX version decides an expectation (see helpers.CALLBACKS_CACHED).
-    noisy_expected = (
-        ("hit", "")
-        if CALLBACKS_CACHED
-        else (
-            "uncachable",
-            "it has host callbacks, never written",
-        )
-    )
-    assert compiled["jit_noisy"] == noisy_expected
-    not_written = {group["reason"]: group["examples"] for group in warm["not_written"]}
-    expected_not_written = {small_why: ["jit(small)"]}  # named as JAX names the compile
-    if not CALLBACKS_CACHED:
-        expected_not_written[noisy_expected[1]] = ["jit(noisy)"]
+    # The one place the JAX version decides an expectation (see helpers.CALLBACKS_CACHED):
+    # up to 0.10 the program with callbacks is never written; from 0.11 it could be, and
+    # is kept out by the size threshold like any small program.
+    noisy_why = small_why if CALLBACKS_CACHED else "it has host callbacks, never written"
+    noisy_outcome = "unwritten" if CALLBACKS_CACHED else "uncachable"
+    assert compiled["jit_noisy"] == (noisy_outcome, noisy_why)
+    expected_not_written: dict[str, list[str]] = {}  # named as JAX names the compile
+    for program, reason in (("jit(noisy)", noisy_why), ("jit(small)", small_why)):
+        expected_not_written.setdefault(reason, []).append(program)
+    not_written = {group["reason"]: sorted(group["examples"]) for group in warm["not_written"]}
     assert not_written == expected_not_written
 
     cachable, totals = warm["cachable"], warm["totals"]
-    hits = 2 if CALLBACKS_CACHED else 1
+    hits = 1  # the big program: the other two compile outside the cachable set
     assert (cachable["hits"], cachable["lookups"], cachable["hit_rate"]) == (hits, hits, 1.0)
-    assert totals["outside"] == 3 - hits == len(expected_not_written)
+    assert totals["outside"] == 2
     counted = ("hits", "lookups", "hit_rate", "uncachable", "unwritten")
     assert {name: again["cachable"][name] for name in counted} == {
         name: cachable[name] for name in counted
