@@ -91,11 +91,16 @@ def describe_change(old: dict[str, str], new: dict[str, str]) -> str:
     return ", ".join(parts) + suffix
 
 
+def part_meaning(part: str) -> str:
+    """What a difference in ``part`` of two keys means (a part this JAX adds: its name)."""
+    return PART_MEANINGS.get(part, f"the key part {part!r} differs")
+
+
 def describe_parts(differing: Iterable[str]) -> str:
     """What the differing parts of two keys mean, most telling first."""
     order = list(PART_MEANINGS)
     ranked = sorted(differing, key=lambda part: (order.index(part) if part in order else 99, part))
-    return "; ".join(PART_MEANINGS.get(part, f"the key part {part!r} differs") for part in ranked)
+    return "; ".join(part_meaning(part) for part in ranked)
 
 
 def nearest_entry(current: dict[str, str], earlier: list[Metadata]) -> Metadata | None:

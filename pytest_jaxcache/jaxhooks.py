@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_jaxcache.recorder import Recorder
 from pytest_jaxcache.settings import Settings
@@ -215,6 +215,9 @@ class _CacheWarnings:
         return getattr(self._real, name)
 
 
+_Hashing = TypeVar("_Hashing")  # what JAX's hash functions feed: anything with update()
+
+
 class KeyParts:
     """The parts of the cache keys JAX computes in this thread's compile, each with the
     function JAX hashed it with (JAX's own ``cache_key`` seam, called once per part).
@@ -246,17 +249,22 @@ class KeyParts:
         self._local.keys = None
         self._local.module = None
 
+    def _rehash(self, key: str, make: Callable[[], _Hashing]) -> dict[str, _Hashing]:
+        """Feed each of ``key``'s parts again, as JAX hashed it, to a fresh ``make()``;
+        a part that cannot be hashed again is left out."""
+        fed = {}
+        for name, hashfn in self._keys().get(key, []):
+            target = make()
+            try:
+                hashfn(target)
+            except Exception:
+                continue
+            fed[str(name)] = target
+        return fed
+
     def inputs(self, key: str) -> dict[str, bytes]:
         """``{part: the bytes JAX hashed}`` of ``key``'s parts, for ``--jax-cache-explain``."""
-        found = {}
-        for name, hashfn in self._keys().get(key, []):
-            collected = _Collect()
-            try:
-                hashfn(collected)
-            except Exception:  # a part that cannot be hashed again is left out
-                continue
-            found[str(name)] = b"".join(collected.chunks)
-        return found
+        return {name: b"".join(fed.chunks) for name, fed in self._rehash(key, _Collect).items()}
 
     def module_text(self) -> str | None:
         """The lowered module of this thread's compile, as text (``None``: unknown)."""
@@ -270,15 +278,9 @@ class KeyParts:
 
     def digests(self, key: str) -> dict[str, str]:
         """``{part: 16 hex digits}`` of ``key``'s parts, as JAX hashed them ({}: unknown)."""
-        found = {}
-        for name, hashfn in self._keys().get(key, []):
-            try:
-                digest = hashlib.sha256()
-                hashfn(digest)
-            except Exception:  # a part that cannot be hashed again is left out
-                continue
-            found[str(name)] = digest.hexdigest()[:16]
-        return found
+        return {
+            name: fed.hexdigest()[:16] for name, fed in self._rehash(key, hashlib.sha256).items()
+        }
 
 
 class _Collect:

@@ -112,7 +112,7 @@ def _comparison(
         f"{nearest.session or '?'}",
         "parts that differ: " + (", ".join(differing) or "none"),
     ]
-    lines += [f"  {part}: {explain.PART_MEANINGS.get(part, 'unknown part')}" for part in differing]
+    lines += [f"  {part}: {explain.part_meaning(part)}" for part in differing]
     if (root / program / nearest.key_digest).is_dir():
         lines.append(f"compare: diff -r {program}/{nearest.key_digest} {program}/{key_digest(key)}")
     else:
