@@ -9,19 +9,13 @@ the per-pair ratios with / without.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from benchlib import (
-    BenchError,
     Context,
-    Run,
-    Workspace,
+    PluginVariant,
     alternate,
     copy_examples,
     pair_row,
     prime,
-    require_hit_rate,
-    run_pytest,
     section,
     table,
 )
@@ -37,39 +31,14 @@ def pairs(quick: bool) -> int:
     return 2 if quick else 6
 
 
-class Variant:
-    """The plugin with or without key parts, on caches it owns."""
-
-    def __init__(self, suite: Path, workspace: Workspace, *, key_parts: bool) -> None:
-        self.suite, self.workspace, self.key_parts = suite, workspace, key_parts
-        self.warm_cache = workspace.path("warm-cache")
-
-    def run(self, cache: Path) -> Run:
-        args = ["-p", "no:cacheprovider", "--jax-cache-dir", str(cache)]
-        args += [] if self.key_parts else list(OFF)
-        report = self.workspace.path("report.json")
-        return run_pytest(args, cwd=self.suite, workspace=self.workspace, report=report)
-
-    def cold(self, _index: int) -> Run:
-        run = self.run(self.workspace.path("cold-cache"))
-        if not run.require_report()["store"]["writes"]:  # a cold run writes every program
-            raise BenchError(f"a cold run wrote nothing:\n{run.output[-2000:]}")
-        return run
-
-    def warm(self, _index: int) -> Run:
-        run = self.run(self.warm_cache)
-        require_hit_rate(run, 1.0)
-        return run
-
-
 def run(ctx: Context) -> str:
     """Run the bench and return its markdown section."""
     ws = ctx.workspace
     suite = copy_examples(ws.path("examples"), ctx.example_files)
     prime(suite, ws)
-    on, off = (Variant(suite, ws, key_parts=flag) for flag in (True, False))
-    for variant in (on, off):  # fill each warm cache (untimed)
-        variant.run(variant.warm_cache)
+    on, off = PluginVariant(suite, ws), PluginVariant(suite, ws, args=OFF)
+    for variant in (on, off):
+        variant.fill()
     count = pairs(ctx.quick)
     cold = alternate(count, f"{NAME}: cold", on.cold, off.cold)
     warm = alternate(count, f"{NAME}: warm", on.warm, off.warm)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from benchlib import (
     Context,
-    Run,
+    PluginVariant,
     Workspace,
     alternate,
     copy_examples,
     pair_row,
     prime,
-    require_hit_rate,
-    run_pytest,
     section,
     table,
 )
@@ -37,25 +35,10 @@ def run(ctx: Context) -> str:
     ws: Workspace = ctx.workspace
     suite = copy_examples(ws.path("examples"), ctx.example_files)
     prime(suite, ws)
-    caches = {True: ws.path("signed-cache"), False: ws.path("unsigned-cache")}
-
-    def session(signed: bool) -> Run:
-        args = ["-p", "no:cacheprovider", "--jax-cache-dir", str(caches[signed])]
-        env = SECRET if signed else {}
-        report = ws.path("report.json")
-        return run_pytest(args, cwd=suite, workspace=ws, extra_env=env, report=report)
-
-    for signed in caches:  # fill both caches (untimed)
-        session(signed)
-
-    def warm(signed: bool) -> Run:
-        run = session(signed)
-        require_hit_rate(run, 1.0)
-        return run
-
-    wall, cpu = alternate(
-        pairs(ctx.quick), f"{NAME}: warm", lambda _: warm(True), lambda _: warm(False)
-    )
+    signed, unsigned = PluginVariant(suite, ws, env=SECRET), PluginVariant(suite, ws)
+    for variant in (signed, unsigned):
+        variant.fill()
+    wall, cpu = alternate(pairs(ctx.quick), f"{NAME}: warm", signed.warm, unsigned.warm)
     intro = (
         f"Suite: {ctx.suite_label()}, warm. With `JAX_CACHE_SIGNING_KEY` set (each entry "
         "verified with HMAC-SHA256 before it is loaded) against without; cells: median "

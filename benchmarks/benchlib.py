@@ -358,3 +358,42 @@ def require_hit_rate(run: Run, expected: float) -> None:
     rate = run.require_report()["cachable"]["hit_rate"]
     if rate != expected:
         raise BenchError(f"cachable hit rate {rate}, expected {expected}:\n{run.output[-2000:]}")
+
+
+class PluginVariant:
+    """The plugin on a suite with extra arguments or environment, on caches of its own:
+    a fresh one per cold run, and one warm cache that :meth:`fill` fills."""
+
+    def __init__(
+        self,
+        suite: Path,
+        workspace: Workspace,
+        *,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.suite, self.workspace = suite, workspace
+        self.args, self.env = list(args), dict(env or {})
+        self.warm_cache = workspace.path("warm-cache")
+
+    def run(self, cache: Path) -> Run:
+        args = ["-p", "no:cacheprovider", "--jax-cache-dir", str(cache), *self.args]
+        report = self.workspace.path("report.json")
+        return run_pytest(
+            args, cwd=self.suite, workspace=self.workspace, extra_env=self.env, report=report
+        )
+
+    def fill(self) -> None:
+        """Fill the warm cache (untimed)."""
+        self.run(self.warm_cache)
+
+    def cold(self, _index: int = 0) -> Run:
+        run = self.run(self.workspace.path("cold-cache"))
+        if not run.require_report()["store"]["writes"]:  # a cold run writes every program
+            raise BenchError(f"a cold run wrote nothing:\n{run.output[-2000:]}")
+        return run
+
+    def warm(self, _index: int = 0) -> Run:
+        run = self.run(self.warm_cache)
+        require_hit_rate(run, 1.0)
+        return run
