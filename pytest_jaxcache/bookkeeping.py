@@ -15,21 +15,25 @@ and is replaced on the next write, never a crash.
 from __future__ import annotations
 
 import json
-import re
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from pytest_jaxcache.cachedir import CacheDir
+from pytest_jaxcache.layout import (
+    CONTENTS,
+    FINGERPRINTS,
+    MACHINES,
+    RECORD_ID,
+    SESSIONS,
+    record_name,
+)
 
-SESSIONS = "sessions.json"
-CONTENTS = "contents.json"
-FINGERPRINTS = "fingerprints"
-MACHINES = "machines"
 SESSIONS_KEPT = 1000
 _MAX_SESSIONS_BYTES = 64 * SESSIONS_KEPT
-_MAX_FINGERPRINT_BYTES = 64 * 1024
-_ID = re.compile(r"[0-9a-f]{1,64}")
+_MAX_RECORD_BYTES = 64 * 1024
+_MAX_FIELDS = 256
 
 
 def read_json(directory: CacheDir, sub: str, name: str, limit: int) -> Any:
@@ -60,7 +64,9 @@ class Bookkeeping:
             return []
         horizon = time.time() + 60.0
         return sorted(
-            float(t) for t in times if isinstance(t, (int, float)) and 0 < float(t) < horizon
+            float(t)
+            for t in times[: 2 * SESSIONS_KEPT]
+            if isinstance(t, (int, float)) and math.isfinite(t) and 0 < float(t) < horizon
         )
 
     def record_session(self, start: float, sessions: list[float]) -> list[float]:
@@ -76,24 +82,31 @@ class Bookkeeping:
         digest = data.get("digest") if isinstance(data, dict) else None
         return digest if isinstance(digest, str) else None
 
-    def save_contents(self, digest: str, entries: int, size: int) -> None:
+    def keep_contents(self, digest: str, entries: int, size: int) -> None:
+        """Record what the cache holds (rewritten only when the digest changed)."""
+        if self.contents_digest() == digest:
+            return
         data = json.dumps({"digest": digest, "entries": entries, "bytes": size}, sort_keys=True)
         self.directory.write_atomic("", CONTENTS, data.encode() + b"\n")
 
     # -- fingerprints -------------------------------------------------------------------------
 
-    def _save(self, sub: str, name: str, facts: Mapping[str, str]) -> None:
-        if not self.directory.exists(sub, f"{name}.json"):
+    def _save(self, sub: str, record_id: str, facts: Mapping[str, str]) -> None:
+        if RECORD_ID.fullmatch(record_id) and not self.directory.exists(
+            sub, record_name(record_id)
+        ):
             data = json.dumps(dict(facts), sort_keys=True).encode()
-            self.directory.write_atomic(sub, f"{name}.json", data)
+            self.directory.write_atomic(sub, record_name(record_id), data)
 
-    def _load(self, sub: str, name: str) -> dict[str, str] | None:
-        if not _ID.fullmatch(name):
+    def _load(self, sub: str, record_id: str) -> dict[str, str] | None:
+        if not RECORD_ID.fullmatch(record_id):
             return None
-        data = read_json(self.directory, sub, f"{name}.json", _MAX_FINGERPRINT_BYTES)
-        if not isinstance(data, dict):
+        data = read_json(self.directory, sub, record_name(record_id), _MAX_RECORD_BYTES)
+        if not isinstance(data, dict) or len(data) > _MAX_FIELDS:
             return None
-        return {str(k): str(v) for k, v in data.items()}
+        if not all(isinstance(v, str) for v in data.values()):
+            return None
+        return {str(k): v for k, v in data.items()}
 
     def save_fingerprint(self, fingerprint_id: str, fingerprint: Mapping[str, str]) -> None:
         self._save(FINGERPRINTS, fingerprint_id, fingerprint)

@@ -12,8 +12,9 @@ backends). Restore keys fall back from the exact environment to the same machine
 versions, most specific first. The save key appends the cache's content digest, so an
 unchanged cache is never saved again.
 
-Pure functions of a fingerprint (``jaxhooks.fingerprint()``, the one the plugin stamps on
-its entries): ``jaxcache key`` and the plugin compute the same key.
+Pure functions of a fingerprint (:func:`pytest_jaxcache.jax.fingerprint.fingerprint`, the
+one the plugin stamps on its entries): ``jaxcache key`` and the plugin compute the same
+key.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import json
 import re
 from collections.abc import Mapping
 
+from pytest_jaxcache.environment import CPU_FEATURES, JAX, JAXLIB, MACHINE, OS
+
 DEFAULT_PREFIX = "jaxcache"
-_VISIBLE = ("os", "machine", "cpu features", "jax", "jaxlib")
+_VISIBLE = (OS, MACHINE, CPU_FEATURES, JAX, JAXLIB)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+]")  # a value never holds the separator
 _UNSAFE_PREFIX = re.compile(r"[^A-Za-z0-9_.+-]")
 
@@ -39,11 +42,11 @@ def machine_prefix(fingerprint: Mapping[str, str], prefix: str = DEFAULT_PREFIX)
     return "-".join(
         [
             _UNSAFE_PREFIX.sub("_", prefix) or DEFAULT_PREFIX,
-            _part(get("os", "?")),
-            _part(get("machine", "?")),
-            "cpu" + _part(get("cpu features", "none")),
-            "jax" + _part(get("jax", "?")),
-            "jaxlib" + _part(get("jaxlib", "?")),
+            _part(get(OS, "?")),
+            _part(get(MACHINE, "?")),
+            "cpu" + _part(get(CPU_FEATURES, "none")),
+            "jax" + _part(get(JAX, "?")),
+            "jaxlib" + _part(get(JAXLIB, "?")),
         ]
     )
 

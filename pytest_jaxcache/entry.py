@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,16 @@ _HEAD = struct.Struct(">4sBBxxIQ")  # magic, format, flags, metadata length, pay
 HEAD_SIZE = _HEAD.size
 DIGEST_SIZE = SIGNATURE_SIZE = 32
 MAX_METADATA = 64 * 1024
+# No entry is larger than this (the cache's size cap may lower it): a larger file named
+# like an entry is refused by its size, before anything of it is read.
+MAX_ENTRY_BYTES = 2 * 2**30
 _FIRST_READ = 4096  # the head and the metadata of almost every entry
+# Bounds of what metadata may say: a value outside them makes the entry unreadable
+# (never an exception in JAX's read path, or a date no clock can show).
+_MAX_TIME = 253402300799.0  # seconds since 1970: the last second of the year 9999
+_MAX_SECS = 1e7  # a compile time of almost four months
+_MAX_TEXT = 256
+_MAX_PARTS = 128
 _DOMAIN = b"pytest-jaxcache entry 2\0"
 
 
@@ -45,6 +55,9 @@ class Metadata:
     key_digest: str = ""  # which key it was written for
     signer: str | None = None  # id of the signing secret (trust.key_id)
     parts: Mapping[str, str] = field(default_factory=dict)  # key part -> digest
+    # What else explains a later miss: the program's input types, the digests of its
+    # module with constants left out, of its jaxpr (see explain.py).
+    facts: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         data = {
@@ -55,11 +68,14 @@ class Metadata:
             "key_digest": self.key_digest,
             "signer": self.signer,
             "parts": dict(self.parts),
+            "facts": dict(self.facts),
         }
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Metadata | None:
+        """The metadata in ``data``, or ``None`` when it is not JSON of our shape, or
+        any value is out of bounds (a time no clock can show, a huge text)."""
         try:
             raw = json.loads(data)
         except (ValueError, RecursionError):
@@ -68,18 +84,40 @@ class Metadata:
             return None
         try:
             secs = raw.get("compile_secs")
-            parts = raw.get("parts") or {}
+            signer = raw.get("signer")
             return cls(
-                compile_secs=None if secs is None else float(secs),
-                written_at=float(raw.get("written_at", 0.0)),
-                machine=str(raw.get("machine", "")),
-                session=str(raw.get("session", "")),
-                key_digest=str(raw.get("key_digest", "")),
-                signer=None if raw.get("signer") is None else str(raw["signer"]),
-                parts={str(k): str(v) for k, v in dict(parts).items()},
+                compile_secs=None if secs is None else _number(secs, _MAX_SECS),
+                written_at=_number(raw.get("written_at", 0.0), _MAX_TIME),
+                machine=_text(raw.get("machine", "")),
+                session=_text(raw.get("session", "")),
+                key_digest=_text(raw.get("key_digest", "")),
+                signer=None if signer is None else _text(signer),
+                parts=_texts(raw.get("parts") or {}),
+                facts=_texts(raw.get("facts") or {}),
             )
         except (TypeError, ValueError, OverflowError):
             return None
+
+
+def _number(value: object, bound: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("not a number")
+    number = float(value)
+    if not (math.isfinite(number) and 0 <= number <= bound):
+        raise ValueError("out of bounds")
+    return number
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or len(value) > _MAX_TEXT:
+        raise ValueError("not a short text")
+    return value
+
+
+def _texts(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > _MAX_PARTS:
+        raise ValueError("not a small mapping")
+    return {_text(name): _text(text) for name, text in value.items()}
 
 
 def key_digest(key: str) -> str:
@@ -152,6 +190,20 @@ def read_prefix(data: bytes) -> tuple[int, int, int, Metadata] | None:
     return None if metadata is None else (flags, meta_len, payload_len, metadata)
 
 
+def check_head(head: bytes, size: int) -> str:
+    """Why a file of ``size`` bytes that starts with ``head`` cannot be a whole entry
+    ("" when it can): told from its first bytes, before the rest is read."""
+    if len(head) < HEAD_SIZE:
+        return "not a readable entry (truncated, garbage or an old format)"
+    magic, version, flags, meta_len, payload_len = _HEAD.unpack_from(head)
+    if magic != MAGIC or version != FORMAT or meta_len > MAX_METADATA:
+        return "not a readable entry (truncated, garbage or an old format)"
+    tail = DIGEST_SIZE + (SIGNATURE_SIZE if flags & SIGNED else 0)
+    if HEAD_SIZE + meta_len + payload_len + tail != size:
+        return "truncated or padded"
+    return ""
+
+
 def decode(
     key: str,
     data: bytes,
@@ -161,8 +213,8 @@ def decode(
     load_unverified: bool = False,
 ) -> Entry:
     """The entry in ``data`` if it may be loaded for ``key`` on ``machine``; else raise
-    :class:`Refused` saying why. With a secret, the signature is checked (it covers
-    integrity too); without one, the digest."""
+    :class:`Refused` saying why. The digest is always checked (integrity), and with a
+    secret the signature too (authenticity)."""
     prefix = read_prefix(data)
     if prefix is None:
         raise Refused(CORRUPT, "not a readable entry (truncated, garbage or an old format)")
@@ -177,18 +229,16 @@ def decode(
     view = memoryview(data)  # slices of a view copy nothing: payloads can be large
     chunks = _covered(key, view[:HEAD_SIZE], view[HEAD_SIZE:meta_end], view[meta_end:payload_end])
     digest = data[payload_end : payload_end + DIGEST_SIZE]
+    if signer.signs and (not signed or metadata.signer is None):
+        raise Refused(UNTRUSTED, "not signed, and a signing key is set")
+    if not signer.signs and signed and not load_unverified:
+        raise Refused(UNTRUSTED, "signed, and no signing key is set to verify it")
+    if _digest(chunks) != digest:  # the content, always; the signature verifies itself
+        raise Refused(CORRUPT, "its digest does not match (corrupt)")
     if signer.signs:
-        if not signed or metadata.signer is None:
-            raise Refused(UNTRUSTED, "not signed, and a signing key is set")
+        assert metadata.signer is not None
         if not signer.verify(metadata.signer, chunks, data[payload_end + DIGEST_SIZE :]):
-            if _digest(chunks) != digest:
-                raise Refused(CORRUPT, "its digest does not match (corrupt)")
             raise Refused(UNTRUSTED, "signed with an unknown key, or tampered with")
-    else:
-        if signed and not load_unverified:
-            raise Refused(UNTRUSTED, "signed, and no signing key is set to verify it")
-        if _digest(chunks) != digest:
-            raise Refused(CORRUPT, "its digest does not match (corrupt)")
     if metadata.machine != machine:
         raise Refused(FOREIGN, "written on another machine")
     return Entry(metadata, data[meta_end:payload_end], signed)

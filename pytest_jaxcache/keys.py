@@ -9,11 +9,10 @@ from __future__ import annotations
 import hashlib
 import re
 
+from pytest_jaxcache.layout import MAX_PROGRAM
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _HASHED = re.compile(r"-[0-9a-f]{64}$")
-# Every entry file name we make matches this, and maintenance deletes no other name.
-FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}-[0-9a-f]{64}")
-_MAX_PROGRAM = 135  # + "-" + 64 hex: at most 200 characters
 
 
 def program_name(key: str) -> str:
@@ -22,14 +21,14 @@ def program_name(key: str) -> str:
 
 
 def file_name(key: str) -> str:
-    """A safe file name for ``key``, matching :data:`FILE_NAME`. A key of JAX's form
-    keeps its hash whole (truncating the name cannot make two keys collide); any other
-    key gets the SHA-256 of the whole key as its hash."""
+    """A safe file name for ``key``, matching :data:`layout.ENTRY_NAME`. A key of JAX's
+    form keeps its hash whole (truncating the name cannot make two keys collide); any
+    other key gets the SHA-256 of the whole key as its hash."""
     if _HASHED.search(key):
         program, digest = key[:-65], key[-64:]
     else:
         program, digest = key, hashlib.sha256(key.encode()).hexdigest()
-    program = _UNSAFE.sub("_", program)[-_MAX_PROGRAM:] or "_"
+    program = _UNSAFE.sub("_", program)[-MAX_PROGRAM:] or "_"
     if not program[0].isalnum() and program[0] != "_":
         program = "_" + program[1:]
     return f"{program}-{digest}"

@@ -21,17 +21,26 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pytest_jaxcache import keys
 from pytest_jaxcache.bookkeeping import Bookkeeping
-from pytest_jaxcache.cachedir import TEMPORARY, TMP, CacheDir
-from pytest_jaxcache.ownership import JAX_FILE
-from pytest_jaxcache.store import ENTRIES, LOCKS, NAMESPACE
+from pytest_jaxcache.cachedir import CacheDir
+from pytest_jaxcache.environment import unusable_versions
+from pytest_jaxcache.layout import (
+    ENTRIES,
+    JAX_FILE,
+    LOCK_NAME,
+    LOCKS,
+    MAINTENANCE_LOCK,
+    MARKER_NAME,
+    NAMESPACE,
+    REMOTE_OFF,
+    TEMPORARY,
+    TMP,
+    is_entry_name,
+    namespace_dir,
+)
 
-MAINTENANCE_LOCK = "maintenance.lock"
 STALE_TMP_SECS = 3600.0  # no write lasts this long
 STALE_MARKER_SECS = 7 * 24 * 3600.0
-_LOCK_FILE = re.compile(keys.FILE_NAME.pattern + r"\.lock")
-_MARKER_FILE = re.compile(keys.FILE_NAME.pattern + r"\.nocache")
 
 ENTRY = "entry"  # ours, in a machine namespace
 OLD = "old"  # ours, of layout 1 (entries/<file>): never loaded
@@ -114,13 +123,13 @@ class Maintenance:
         items = []
         for name, info in self.directory.scan(ENTRIES):
             if stat.S_ISDIR(info.st_mode) and NAMESPACE.fullmatch(name):
-                sub = f"{ENTRIES}/{name}"
+                sub = namespace_dir(name)
                 items += [
                     Item(sub, entry, found.st_size, found.st_mtime, ENTRY, name)
                     for entry, found in self.directory.scan(sub)
-                    if stat.S_ISREG(found.st_mode) and keys.FILE_NAME.fullmatch(entry)
+                    if stat.S_ISREG(found.st_mode) and is_entry_name(entry)
                 ]
-            elif stat.S_ISREG(info.st_mode) and keys.FILE_NAME.fullmatch(name):
+            elif stat.S_ISREG(info.st_mode) and is_entry_name(name):
                 items.append(Item(ENTRIES, name, info.st_size, info.st_mtime, OLD))
         items += [
             Item("", name, info.st_size, info.st_mtime, JAX)
@@ -150,14 +159,34 @@ class Maintenance:
         ``session_start`` is ``None`` outside a session (the command line)."""
         import filelock
 
-        lock = filelock.FileLock(str(self.directory.path("", MAINTENANCE_LOCK)), timeout=wait_secs)
         try:
-            with lock:
+            with self.directory.file_lock("", MAINTENANCE_LOCK, timeout=wait_secs):
                 return self._maintain(max_size_bytes, prune_after_sessions, session_start)
         except filelock.Timeout:
             return MaintenanceResult(ran=False, reason="another session held the lock")
         except OSError as error:
             return MaintenanceResult(ran=False, reason=str(error))
+
+    def record(self, session_start: float, wait_secs: float = 10.0) -> MaintenanceResult:
+        """Record a session that left nothing to maintain (it still counts for pruning
+        and ``jaxcache show``), under the maintenance lock."""
+        import filelock
+
+        try:
+            with self.directory.file_lock("", MAINTENANCE_LOCK, timeout=wait_secs):
+                self.bookkeeping.record_session(session_start, self.bookkeeping.sessions())
+        except filelock.Timeout:
+            return MaintenanceResult(ran=False, reason="another session held the lock")
+        except OSError as error:
+            return MaintenanceResult(ran=False, reason=str(error))
+        return MaintenanceResult(ran=False)
+
+    def keep_contents(self) -> Usage:
+        """What the cache holds now, recorded in contents.json for CI steps (the command
+        line calls it after it changed the cache)."""
+        usage = self.usage()
+        self.bookkeeping.keep_contents(usage.digest, usage.entries, usage.bytes)
+        return usage
 
     def _maintain(
         self, max_size: int | None, prune_after: int | None, session_start: float | None
@@ -170,7 +199,8 @@ class Maintenance:
         now = time.time()
         stale = self._remove_old(TMP, TEMPORARY, now - STALE_TMP_SECS)
         stale += self._remove_idle_locks(now - STALE_TMP_SECS)
-        stale += self._remove_old(LOCKS, _MARKER_FILE, now - STALE_MARKER_SECS)
+        stale += self._remove_old(LOCKS, MARKER_NAME, now - STALE_MARKER_SECS)
+        stale += self._remove_old(LOCKS, REMOTE_OFF, now - STALE_TMP_SECS)
 
         items = sorted(self.inventory(), key=lambda item: item.mtime)  # least recently used first
         pruned: list[Item] = []
@@ -216,12 +246,7 @@ class Maintenance:
             return "files of JAX's own store dropped: pytest-jaxcache does not load them"
         if self.machine is None:
             return ""
-        facts = self._machine(item.machine)
-        for name in ("jaxlib", "jax"):
-            theirs, ours = (facts or {}).get(name), self.machine.get(name)
-            if theirs is not None and theirs != ours:
-                return f"entries of {name} {theirs} dropped: unusable with {ours}"
-        return ""
+        return unusable_versions(self._machine(item.machine) or {}, self.machine)
 
     def _machine(self, namespace: str) -> dict[str, str] | None:
         if namespace not in self._machines:
@@ -256,12 +281,12 @@ class Maintenance:
 
         removed = 0
         for name, info in list(self.directory.scan(LOCKS)):
-            if not (_LOCK_FILE.fullmatch(name) and stat.S_ISREG(info.st_mode)):
+            if not (LOCK_NAME.fullmatch(name) and stat.S_ISREG(info.st_mode)):
                 continue
             if info.st_mtime >= cutoff:
                 continue
             try:
-                with filelock.FileLock(str(self.directory.path(LOCKS, name)), timeout=0):
+                with self.directory.file_lock(LOCKS, name, timeout=0):
                     removed += self.directory.unlink(LOCKS, name, inode=info.st_ino)
             except (filelock.Timeout, OSError):
                 continue

@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -108,49 +109,64 @@ _FALSE = {"0", "false", "no", "off"}
 XLA_CACHE_NAMES = ("xla_gpu_kernel_cache_file", "xla_gpu_per_fusion_autotune_cache_dir")
 
 
+MAX_BYTES = 2**50  # a PiB: no cache, entry or threshold is larger
+MAX_SECS = 7 * 24 * 3600.0  # a week: no wait or threshold is longer
+MAX_TEXT = 4096  # characters of any one value
+MAX_DURATIONS = 1_000_000
+MAX_SESSIONS = 1000  # sessions a cache remembers (bookkeeping.SESSIONS_KEPT)
+
+
+def _short(text: str) -> str:
+    """A value for an error message: at most 60 characters of it."""
+    return repr(text) if len(text) <= 60 else f"{text[:60]!r}... ({len(text)} characters)"
+
+
 def parse_size(value: str) -> int | None:
-    """``"2GB"`` -> 2_000_000_000, ``"512MiB"`` -> 536_870_912; ``"none"`` -> no limit."""
+    """``"2GB"`` -> 2_000_000_000, ``"512MiB"`` -> 536_870_912; ``"none"`` -> no limit.
+    At most :data:`MAX_BYTES`."""
     if value.strip().lower() in _NO_LIMIT:
         return None
-    match = _SIZE.match(value)
+    match = _SIZE.match(value) if len(value) <= MAX_TEXT else None
     if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {value!r} (use e.g. 500MB, 2GiB, or none)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+        raise ValueError(f"not a size: {_short(value)} (use e.g. 500MB, 2GiB, or none)")
+    size = Decimal(match.group(1)) * _UNITS[match.group(2).lower()]
+    if size > MAX_BYTES:
+        raise ValueError(f"at most 1 PiB, got {_short(value)}")
+    return int(size)
 
 
-def format_size(num_bytes: int) -> str:
-    """A short human size, binary units: ``1536`` -> ``"1.5 KiB"``."""
-    size = float(num_bytes)
-    for unit in ("B", "KiB", "MiB"):
-        if abs(size) < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
-
-
-def _number(text: str, *, integer: bool, minimum: float) -> float:
+def _number(text: str, *, integer: bool, minimum: float, maximum: float) -> float:
+    """A number from ``text`` within [``minimum``, ``maximum``]."""
+    if len(text) > 64 and text.lstrip("+").isdigit():  # no number we take has more digits
+        raise ValueError(f"must be at most {maximum:g}, got {_short(text)}")
     try:
+        if len(text) > 64:
+            raise ValueError
         number = int(text) if integer else float(text)
     except ValueError:
         kind = "an integer" if integer else "a number"
-        raise ValueError(f"expected {kind}, got {text!r}") from None
-    if not math.isfinite(number) or number < minimum:
-        raise ValueError(f"must be at least {minimum:g}, got {text!r}")
+        raise ValueError(f"expected {kind}, got {_short(text)}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {_short(text)}")
+    if number < minimum:
+        raise ValueError(f"must be at least {minimum:g}, got {_short(text)}")
+    if number > maximum:
+        raise ValueError(f"must be at most {maximum:g}, got {_short(text)}")
     return number
 
 
 def parse_seconds(text: str, _base: Path | None = None) -> float:
-    return _number(text.strip(), integer=False, minimum=0)
+    return _number(text.strip(), integer=False, minimum=0, maximum=MAX_SECS)
 
 
 def parse_min_entry_size(text: str, _base: Path | None = None) -> int:
-    return int(_number(text.strip(), integer=True, minimum=-1))
+    return int(_number(text.strip(), integer=True, minimum=-1, maximum=MAX_BYTES))
 
 
 def parse_max_size(text: str, _base: Path | None = None) -> int | None:
     size = parse_size(text)
     if size is not None and size <= 0:
-        raise ValueError(f"the size cap must be positive (or 'none'), got {text!r}")
+        raise ValueError(f"the size cap must be positive (or 'none'), got {_short(text)}")
     return size
 
 
@@ -158,11 +174,11 @@ def parse_prune_after(text: str, _base: Path | None = None) -> int | None:
     """Sessions without use before an entry is pruned; ``never`` (or empty) is off."""
     if text.strip().lower() in _NEVER | {""}:
         return None
-    return int(_number(text.strip(), integer=True, minimum=1))
+    return int(_number(text.strip(), integer=True, minimum=1, maximum=MAX_SESSIONS))
 
 
 def parse_durations(text: str, _base: Path | None = None) -> int:
-    return int(_number(text.strip(), integer=True, minimum=-1))
+    return int(_number(text.strip(), integer=True, minimum=-1, maximum=MAX_DURATIONS))
 
 
 def parse_bool(text: str, _base: Path | None = None) -> bool:
@@ -171,7 +187,7 @@ def parse_bool(text: str, _base: Path | None = None) -> bool:
         return True
     if word in _FALSE:
         return False
-    raise ValueError(f"expected true or false, got {text!r}")
+    raise ValueError(f"expected true or false, got {_short(text)}")
 
 
 def _choice(enum_type: type[enum.Enum]) -> Parser[Any]:
@@ -180,7 +196,7 @@ def _choice(enum_type: type[enum.Enum]) -> Parser[Any]:
             return enum_type(text.strip().lower())
         except ValueError:
             choices = ", ".join(str(member.value) for member in enum_type)
-            raise ValueError(f"expected one of {choices}, got {text!r}") from None
+            raise ValueError(f"expected one of {choices}, got {_short(text)}") from None
 
     return parse
 
@@ -193,7 +209,7 @@ def parse_xla_caches(text: str, _base: Path | None = None) -> str:
     unknown = [name for name in names if name not in XLA_CACHE_NAMES]
     if unknown:
         choices = ", ".join(("all", "none", *XLA_CACHE_NAMES))
-        raise ValueError(f"expected {choices} (or a comma-separated list), got {text!r}")
+        raise ValueError(f"expected {choices} (or a comma-separated list), got {_short(text)}")
     return ",".join(names)
 
 
@@ -236,7 +252,7 @@ def parse_url(text: str, _base: Path | None = None) -> str | None:
         return None
     if not _REMOTE.match(value):
         raise ValueError(
-            f"expected a URL such as gs://bucket/prefix or s3://bucket/prefix, got {text!r}"
+            f"expected a URL such as gs://bucket/prefix or s3://bucket/prefix, got {_short(text)}"
         )
     return value.rstrip("/")
 
@@ -244,7 +260,7 @@ def parse_url(text: str, _base: Path | None = None) -> str | None:
 def parse_positive_seconds(text: str, _base: Path | None = None) -> float:
     seconds = parse_seconds(text)
     if seconds <= 0:
-        raise ValueError(f"must be more than 0, got {text!r}")
+        raise ValueError(f"must be more than 0, got {_short(text)}")
     return seconds
 
 
@@ -458,6 +474,10 @@ def pick(option: Option[Any], raw: Raw) -> tuple[str | None, Source]:
 def parse_one(option: Option[T], text: str, source: Source, base: Path) -> T:
     """``option``'s value from ``text``; a bad value names ``source``."""
     try:
+        if len(text) > MAX_TEXT:
+            raise ValueError(f"at most {MAX_TEXT} characters, got {len(text)}")
+        if "\x00" in text:
+            raise ValueError("a NUL character is not allowed")
         return option.parse(text, base)
     except ValueError as error:
         raise SettingsError(f"{source}: {error}") from None

@@ -7,9 +7,8 @@ write the cache can run code in the tests that read it. Three decisions live her
 - **Signatures.** With a secret in :data:`SIGNING_KEY_VARIABLE`, every entry written
   carries an HMAC-SHA256 over its key, header and payload, and only entries signed with
   that secret (or an older one still listed for reading) are loaded.
-- **Machines.** JAX's key leaves out what the executable also depends on (the jaxlib
-  build, the backend's platform version, the CPU's features): entries live in a
-  namespace of those, and an entry of another namespace is never loaded.
+
+Which machine an entry is for (its namespace) is :mod:`pytest_jaxcache.environment`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import functools
 import grp
 import hashlib
 import hmac
-import json
 import os
 import pwd
 import stat
@@ -28,8 +26,10 @@ from dataclasses import dataclass
 from pytest_jaxcache.cachedir import CacheDir
 
 SIGNING_KEY_VARIABLE = "JAX_CACHE_SIGNING_KEY"
-OLD_SIGNING_KEYS_VARIABLE = "JAX_CACHE_OLD_SIGNING_KEYS"  # verify only: key rotation
-MIN_SECRET_BYTES = 16
+OLD_SIGNING_KEYS_VARIABLE = "JAX_CACHE_OLD_SIGNING_KEYS"  # verify only, one per line
+MIN_SECRET_CHARACTERS = 16
+MAX_SECRET_CHARACTERS = 4096
+MAX_OLD_SECRETS = 16
 Buffer = bytes | memoryview  # what hashing takes: views avoid copying large payloads
 
 
@@ -79,31 +79,44 @@ class Signer:
         return False
 
 
+def _secret(variable: str, text: str) -> bytes:
+    """One secret as text: at least :data:`MIN_SECRET_CHARACTERS` characters of valid
+    UTF-8 (surrounding white space ignored). Errors name the variable, never any part
+    or measure of the secret."""
+    text = text.strip()
+    try:
+        secret = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TrustError(f"env {variable}: a signing key must be valid UTF-8 text") from None
+    if not MIN_SECRET_CHARACTERS <= len(text) <= MAX_SECRET_CHARACTERS:
+        raise TrustError(
+            f"env {variable}: a signing key must have {MIN_SECRET_CHARACTERS} to "
+            f"{MAX_SECRET_CHARACTERS} characters"
+        )
+    return secret
+
+
 def signer_from(environ: Mapping[str, str]) -> Signer:
     """The secrets named in the environment (and only there: a secret on a command line
-    or in an ini file leaks into shell histories, process lists and repositories)."""
-    secrets = []
+    or in an ini file leaks into shell histories, process lists and repositories).
+    Older secrets, which only verify, are given one per line: a line break is the one
+    character no key holds, so every other character may be part of a key."""
     current = environ.get(SIGNING_KEY_VARIABLE, "")
     old = environ.get(OLD_SIGNING_KEYS_VARIABLE, "")
-    if old.strip() and not current.strip():
+    olds = [line for line in old.splitlines() if line.strip()]
+    if olds and not current.strip():
         raise TrustError(
             f"env {OLD_SIGNING_KEYS_VARIABLE} is set but {SIGNING_KEY_VARIABLE} is not: "
             "old keys only verify; set the current key too"
         )
-    for variable, texts in (
-        (SIGNING_KEY_VARIABLE, [current]),
-        (OLD_SIGNING_KEYS_VARIABLE, old.replace(",", " ").split()),
-    ):
-        for text in texts:
-            secret = text.strip().encode()
-            if not secret:
-                continue
-            if len(secret) < MIN_SECRET_BYTES:
-                raise TrustError(
-                    f"env {variable}: a signing key must have at least {MIN_SECRET_BYTES} "
-                    f"characters (got {len(secret)})"
-                )
-            secrets.append(secret)
+    if len(olds) > MAX_OLD_SECRETS:
+        raise TrustError(
+            f"env {OLD_SIGNING_KEYS_VARIABLE}: at most {MAX_OLD_SECRETS} old keys (one per line)"
+        )
+    if not current.strip():
+        return Signer()
+    secrets = [_secret(SIGNING_KEY_VARIABLE, current)]
+    secrets += [_secret(OLD_SIGNING_KEYS_VARIABLE, line) for line in olds]
     return Signer(tuple(secrets))
 
 
@@ -186,48 +199,3 @@ def unsafe_ancestors(path: os.PathLike[str] | str) -> list[str]:
         if parent == current:
             return problems
         current = parent
-
-
-# -- machines -----------------------------------------------------------------------------------
-
-# The parts of a session's fingerprint that an executable depends on and JAX's key does
-# not hold (or does not hold exactly): entries of another namespace are never loaded.
-MACHINE_PARTS = ("jax", "jaxlib", "jaxlib build", "cpu features", "machine")
-_MACHINE_PREFIXES = ("backend ",)
-
-
-def machine_of(fingerprint: Mapping[str, str]) -> dict[str, str]:
-    """The machine-defining part of a session fingerprint."""
-    return {
-        name: value
-        for name, value in fingerprint.items()
-        if name in MACHINE_PARTS or name.startswith(_MACHINE_PREFIXES)
-    }
-
-
-def fingerprint_id(fingerprint: Mapping[str, str]) -> str:
-    """The id of a session fingerprint (16 hex digits), stamped on the entries it wrote."""
-    text = json.dumps(dict(fingerprint), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def namespace(fingerprint: Mapping[str, str]) -> str:
-    """The namespace of entries written under ``fingerprint``: 16 hex digits."""
-    text = json.dumps(machine_of(fingerprint), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def machine_difference(old: Mapping[str, str], new: Mapping[str, str]) -> str:
-    """Why an entry written on machine ``old`` is not loaded on ``new``, in words."""
-    changed = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
-    if "cpu features" in changed or "machine" in changed:
-        return "written on another CPU"
-    versions = [name for name in ("jaxlib", "jax") if name in changed]
-    if versions:
-        name = versions[0]
-        return f"written under {name} {old.get(name, '?')} (this is {new.get(name, '?')})"
-    if any(name.startswith("backend ") for name in changed):
-        return "written for another backend platform version"
-    if "jaxlib build" in changed:
-        return "written by another build of jaxlib"
-    return "written on another machine"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import RunJax, Session, run_command, run_session
+from hypothesis import settings
 
 
 @pytest.fixture
@@ -77,3 +78,11 @@ def other_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pwd.struct_
         run_command(["userdel", name], tmp_path_factory.getbasetemp())
         if name in {group.gr_name for group in grp.getgrall()}:
             run_command(["groupdel", name], tmp_path_factory.getbasetemp())
+
+
+# Property-based tests: a small, fixed set of examples in the normal run (every run tries
+# the same ones: a failure is reproducible, never a flake); --hypothesis-profile=nightly
+# draws many more at random.
+settings.register_profile("default", max_examples=40, derandomize=True, deadline=None)
+settings.register_profile("nightly", max_examples=3000, deadline=None)
+settings.load_profile("default")

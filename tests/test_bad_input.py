@@ -111,6 +111,37 @@ INVALID = {
         {MAX_ENV: "lots"},
         [f"env {MAX_ENV}", "'lots'"],
     ),
+    "cli-max-size-400-digits": (
+        [C, f"--jax-cache-max-size={'9' * 400}"],
+        "",
+        {},
+        ["--jax-cache-max-size", "at most 1 PiB", "(400 characters)"],
+    ),
+    "env-max-size-400-digits": ([C], "", {MAX_ENV: "9" * 400}, [f"env {MAX_ENV}", "at most"]),
+    "cli-lock-timeout-400-digits": (
+        [C, f"--jax-cache-lock-timeout={'9' * 400}"],
+        "",
+        {},
+        ["--jax-cache-lock-timeout", "must be at most 604800"],
+    ),
+    "ini-prune-after-beyond-the-sessions-kept": (
+        [C],
+        "jax_cache_prune_after = 5000",
+        {},
+        ["ini jax_cache_prune_after", "must be at most 1000"],
+    ),
+    "signing-key-not-utf8": (
+        [C],
+        "",
+        {"JAX_CACHE_SIGNING_KEY": "sixteen-or-more-\udcff\udcfe-bytes"},
+        ["env JAX_CACHE_SIGNING_KEY", "must be valid UTF-8"],
+    ),
+    "signing-key-of-fifteen-characters-in-30-bytes": (
+        [C],
+        "",
+        {"JAX_CACHE_SIGNING_KEY": "é" * 15},
+        ["env JAX_CACHE_SIGNING_KEY", "16 to 4096 characters"],
+    ),
 }
 
 
@@ -141,6 +172,8 @@ def test_invalid_value_is_a_usage_error_naming_its_source(
     pytester.makeini(f"[pytest]\n{ini}\n")
     result, report = run_jax(*args, env=env)
     assert_clean_usage_error(result, *fragments)
+    secrets = [value for name, value in env.items() if "SIGNING" in name]
+    assert not any(secret[:8] in result.stderr.str() for secret in secrets)
     assert report == {}
     assert not (pytester.path / "ran").exists()
     assert not (pytester.path / "c").exists()

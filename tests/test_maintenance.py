@@ -14,12 +14,12 @@ from typing import Any
 
 import filelock
 import pytest
+from helpers import claimed
 
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import CacheDir
 from pytest_jaxcache.entry import Metadata, encode
 from pytest_jaxcache.maintenance import JAX, OLD, Maintenance, MaintenanceResult, jax_files_usage
-from pytest_jaxcache.ownership import adopt
 
 MACHINE, OTHER = "0123456789abcdef", "fedcba9876543210"
 FACTS = {"jax": "0.10.2", "jaxlib": "0.10.2", "cpu features": "aaaaaaaaaaaa"}
@@ -42,7 +42,7 @@ def put(root: Path, index: int, *, machine: str = MACHINE, used: float = 0.0) ->
 
 
 def cache(root: Path) -> Maintenance:
-    directory = adopt(root, readonly=False)
+    directory = claimed(root)
     books = Bookkeeping(directory)
     books.save_machine(MACHINE, FACTS)
     books.save_machine(OTHER, {**FACTS, "jaxlib": "0.10.1", "jax": "0.10.1"})
@@ -152,7 +152,7 @@ def test_under_the_cap_nothing_is_dropped(tmp_path: Path) -> None:
 
 def test_without_knowing_the_machine_only_foreign_formats_are_unusable(tmp_path: Path) -> None:
     """The command line knows no machine: other namespaces are evicted by age only."""
-    directory = adopt(tmp_path, readonly=False)
+    directory = claimed(tmp_path)
     put(tmp_path, 0, machine=OTHER, used=9000.0)
     put(tmp_path, 1, used=1000.0)
     result = maintain(Maintenance(directory), max_size_bytes=SIZE)

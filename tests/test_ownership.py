@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,13 +24,15 @@ from helpers import (
     cold_session,
     decoded,
     entries,
+    jaxcache_argv,
+    pytest_argv,
     run_command,
     run_session,
     write_files,
 )
 
 from pytest_jaxcache import entry as entry_format
-from pytest_jaxcache.cli import PROG
+from pytest_jaxcache.trust import Signer
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +175,7 @@ def test_a_path_too_long_is_a_usage_error_naming_its_source(pytester: pytest.Pyt
     write_files(pytester.path, SUITE)
     long_path = "/".join(["d" * 250] * 20)
     result, _ = run_session(pytester.path, f"--jax-cache-dir={long_path}", report=False)
-    assert_usage_error(result, "--jax-cache-dir", "File name too long")
+    assert_usage_error(result, "--jax-cache-dir", "at most 4096 characters")
 
 
 def test_a_directory_that_cannot_be_entered_runs_uncached(
@@ -231,7 +236,7 @@ def test_a_directory_of_plain_jax_is_adopted_counted_capped_and_cleared(
     assert any("files of JAX's own store dropped" in r for r in maintenance["dropped_reasons"])
     assert len(entries(cache)) == N_PROGRAMS
 
-    cleared = run_command([PROG, "clear", str(cache)], pytester.path)
+    cleared = run_command(jaxcache_argv("clear", str(cache)), pytester.path)
     assert cleared.ret == 0, cleared.errlines
     assert list(cache.glob("*-cache")) == [] and entries(cache) == []
 
@@ -299,7 +304,7 @@ def test_a_layout_directory_that_is_a_link_out_is_never_followed(
     assert any(f"{target} is a symbolic link, not a directory" in n for n in notices(report))
     assert {c["outcome"] for c in report["compiles"]} == {"uncached"}
     for command in (["clear", str(warm_cache)], ["prune", str(warm_cache), "--max-size=1"]):
-        refused = run_command([PROG, *command], pytester.path)
+        refused = run_command(jaxcache_argv(*command), pytester.path)
         assert refused.ret == 2, refused.errlines
         assert f"{target} is a symbolic link, not a directory" in refused.stderr.str()
         assert "Traceback" not in refused.stderr.str()
@@ -451,3 +456,168 @@ def test_an_old_format_entry_is_a_miss_and_is_replaced(
     result.assert_outcomes(passed=N_TESTS)
     assert report["store"]["repaired"] == 1
     assert entry.read_bytes()[:4] == entry_format.MAGIC
+
+
+# -- what a restored archive or a hostile writer can plant (issue 15) ---------------------------
+
+
+def test_hard_linked_lock_files_are_never_opened(
+    pytester: pytest.Pytester, run_jax: RunJax, warm_cache: Path
+) -> None:
+    """A restored tar can carry a hard link to a file outside as ``maintenance.lock`` or
+    as a program's lock: neither is opened (a lock opened with O_TRUNC would empty the
+    file outside), each is said, the program still compiles, and the file outside is
+    byte-identical."""
+    precious = pytester.path / "precious.txt"
+    precious.write_bytes(b"the user's file, linked into the cache\n")
+    victim = entry_of(warm_cache, "cos_plus")
+    victim.unlink()  # the program will miss, and so take its lock
+    locks = warm_cache / "locks"
+    locks.mkdir(exist_ok=True)
+    (locks / f"{victim.name}.lock").unlink(missing_ok=True)
+    os.link(precious, locks / f"{victim.name}.lock")
+    (warm_cache / "maintenance.lock").unlink(missing_ok=True)
+    os.link(precious, warm_cache / "maintenance.lock")
+
+    result, report = run_jax("--jax-cache-dir=cache", "-p", "no:xdist")
+    result.assert_outcomes(passed=N_TESTS)
+    assert precious.read_bytes() == b"the user's file, linked into the cache\n"
+    assert report["totals"]["misses"] == 1 and report["store"]["writes"] == 1
+    errors = report["store"]["errors"]
+    assert any("links (a hard link)" in error for error in errors), errors
+    maintenance = report["cache"]["maintenance"]
+    assert maintenance["ran"] is False and "(a hard link)" in maintenance["reason"]
+
+
+def _max_rss_kib(argv: list[str], cwd: Path) -> tuple[pytest.RunResult, int]:
+    """Run ``argv`` and the peak resident memory of it (KiB), as the kernel counted it."""
+    measure = (
+        "import resource, subprocess, sys; "
+        "done = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+        "sys.exit(done.returncode)"
+    )
+    result = run_command([sys.executable, "-c", measure, *argv], cwd)
+    return result, int(result.outlines[-1])
+
+
+@pytest.mark.parametrize(
+    "size, counted",
+    [(2 * 2**30, "odd_files"), (900 * 2**20, "repaired")],
+    ids=["over the cap", "under the cap"],
+)
+def test_a_sparse_file_named_like_an_entry_is_never_read_whole(
+    pytester: pytest.Pytester, warm_cache: Path, size: int, counted: str
+) -> None:
+    """A sparse file in place of an entry: over the entry limit (the 1 GiB cap) it is
+    refused by its size; under it, by its first bytes (it is garbage under our name:
+    removed). Either way it is never read whole: the session's peak memory stays below
+    the file's size, and the program is compiled and written in its place."""
+    victim = entry_of(warm_cache, "sin_twice")
+    victim.unlink()
+    with open(victim, "wb") as handle:
+        handle.truncate(size)
+    report_path = pytester.path / "report.json"
+    result, peak = _max_rss_kib(
+        pytest_argv(f"--jax-cache-report={report_path}", "--jax-cache-dir=cache", "-p", "no:xdist"),
+        pytester.path,
+    )
+    assert result.ret == 0, result.outlines[-30:]
+    report = json.loads(report_path.read_text())
+    assert (report["store"][counted], report["totals"]["misses"]) == (1, 1)
+    assert peak * 1024 < 700 * 2**20, f"peak {peak} KiB: the {size}-byte file was read"
+    assert victim.stat().st_size < 2**20  # the recompiled entry took its place
+
+
+def test_a_larger_entry_than_the_cap_is_refused_by_its_size(
+    pytester: pytest.Pytester, run_jax: RunJax, warm_cache: Path
+) -> None:
+    """A file larger than the entry limit (the cap) named like an entry is refused by its
+    size alone, counted as an odd file, and never read."""
+    victim = entry_of(warm_cache, "tanh_sum")
+    with open(victim, "ab") as handle:
+        handle.truncate(3 * 2**20)
+    result, report = run_jax("--jax-cache-dir=cache", "--jax-cache-max-size=2MB", "-p", "no:xdist")
+    result.assert_outcomes(passed=N_TESTS)
+    assert report["store"]["odd_files"] == 1 and report["totals"]["misses"] == 1
+    assert any("more than 2000000" in error for error in report["store"]["errors"])
+
+
+def test_modes_do_not_depend_on_the_umask(pytester: pytest.Pytester, run_jax: RunJax) -> None:
+    """Under ``umask 000`` the cache is made with explicit modes (0o755 directories,
+    0o644 files), so that the next run, under the usual umask, trusts and uses it."""
+    write_files(pytester.path, SUITE)
+    umask_000 = ["sh", "-c", 'umask 000 && exec "$@"', "sh"]
+    result, report = run_session(
+        pytester.path, "--jax-cache-dir=new/cache", "-p", "no:xdist", prefix=umask_000
+    )
+    result.assert_outcomes(passed=N_TESTS)
+    cache = pytester.path / "new" / "cache"
+    modes = {
+        str(path.relative_to(pytester.path)): stat.S_IMODE(path.lstat().st_mode)
+        for path in [cache.parent, *cache.rglob("*"), cache]
+    }
+    assert {mode for path, mode in modes.items() if Path(pytester.path / path).is_dir()} == {
+        0o755
+    }, modes
+    assert {mode for path, mode in modes.items() if Path(pytester.path / path).is_file()} == {
+        0o644
+    }, modes
+    result, report = run_jax("--jax-cache-dir=new/cache", "-p", "no:xdist")
+    assert_all_hits(report)
+    assert not any("not loading" in notice for notice in notices(report))
+
+
+def test_adoption_looks_all_the_way_down(pytester: pytest.Pytester) -> None:
+    """A ``build/`` folder whose top-level names look like a cache's (tmp/, entries/)
+    but that holds someone else's files below: a usage error naming them, and nothing
+    written or deleted, by a session or by ``jaxcache clear``."""
+    write_files(pytester.path, SUITE)
+    build = pytester.path / "build"
+    for name in ("tmp/model.bin", "entries/weights.npz", "entries/jit_f-" + "a" * 64 + ".bak"):
+        (build / name).parent.mkdir(parents=True, exist_ok=True)
+        (build / name).write_bytes(b"someone's work\n")
+    old = time.time() - 30 * 24 * 3600
+    os.utime(build / "tmp" / "model.bin", (old, old))
+    before = snapshot(build)
+    result, _ = run_session(pytester.path, "--jax-cache-dir=build", report=False)
+    assert_usage_error(result, "--jax-cache-dir", "tmp/model.bin", "entries/weights.npz")
+    cleared = run_command(jaxcache_argv("clear", "build"), pytester.path)
+    assert cleared.ret == 2 and "entries/weights.npz" in cleared.stderr.str()
+    assert snapshot(build) == before
+
+
+def test_a_directory_others_can_write_gets_nothing_written(
+    pytester: pytest.Pytester, run_jax: RunJax
+) -> None:
+    """An empty mode-1777 directory: refused before anything is written in it (no tag,
+    no .gitignore, no tmp/)."""
+    write_files(pytester.path, SUITE)
+    shared = pytester.path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    result, report = run_jax("--jax-cache-dir=shared", "-p", "no:xdist")
+    result.assert_outcomes(passed=N_TESTS)
+    assert any("not loading from" in notice for notice in notices(report))
+    assert list(shared.iterdir()) == []
+
+
+def test_metadata_out_of_range_never_raises_in_jax_read_path(
+    pytester: pytest.Pytester, run_jax: RunJax, warm_cache: Path
+) -> None:
+    """An entry (digest valid) whose metadata says it was written at -1e20 s, read with
+    --jax-cache-explain on: no exception in JAX's read path; the entry is unreadable
+    (repaired and rewritten), and the next run hits it."""
+    victim = entry_of(warm_cache, "cos_plus")
+    good = entry_format.decode(
+        victim.name, victim.read_bytes(), signer=Signer(), machine=victim.parent.name
+    )
+    planted = replace(good.metadata, written_at=-1e20)
+    victim.write_bytes(entry_format.encode(victim.name, good.payload, planted))
+    args = ("--jax-cache-dir=cache", "-p", "no:xdist", "--jax-cache-explain=jit*")
+    result, report = run_jax(*args)
+    result.assert_outcomes(passed=N_TESTS)
+    assert (report["store"]["repaired"], report["totals"]["misses"]) == (1, 1)
+    assert report["cache_warnings"] == [] and report["store"]["errors"] == []
+    result, report = run_jax(*args)
+    assert_all_hits(report)

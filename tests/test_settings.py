@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_jaxcache import settings
+from pytest_jaxcache.formats import format_size
 from pytest_jaxcache.settings import (
     DEFAULT_LOCK_TIMEOUT,
     DIR,
@@ -27,7 +28,6 @@ from pytest_jaxcache.settings import (
     SettingsError,
     Source,
     StoreKind,
-    format_size,
     parse_size,
     pick,
 )

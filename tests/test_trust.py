@@ -54,9 +54,9 @@ N_PROGRAMS = 2
 # A conftest that moves the session to another CPU at the fingerprint seam: the CPU
 # features the plugin reads are patched before the first compile asks for them.
 OTHER_CPU = """
-from pytest_jaxcache import jaxhooks
+from pytest_jaxcache.jax import fingerprint
 
-jaxhooks._cpu_features = lambda: "0123456789ab"
+fingerprint._cpu_features = lambda: "0123456789ab"
 """
 
 
@@ -110,7 +110,7 @@ def test_an_entry_copied_under_another_key_is_not_served(run_jax: RunJax, warm_c
     assert report["cachable"]["hits"] == 1 and report["store"]["writes"] == 1
     assert decoded(cos) is not None
     [miss] = report["misses"]
-    assert miss["reason"] == "written for another key" and miss["examples"] == ["jit_cos_plus"]
+    assert miss["reason"] == "written for another key" and miss["examples"] == ["jit(cos_plus)"]
 
 
 # -- who may write the directory -------------------------------------------------------------------
@@ -367,3 +367,37 @@ def test_an_entry_written_for_another_machine_is_refused_in_this_ones_namespace(
     assert report["cachable"]["hits"] == 1
     assert [m["reason"] for m in report["misses"]] == ["written on another machine"]
     assert decoded(sin) is not None
+
+
+# -- key rotation (issue 15) ----------------------------------------------------------------------
+
+ODD_KEY = "an old key, with spaces, and commas"
+
+
+def test_an_entry_of_an_old_key_is_signed_again_when_read(run_jax: RunJax, signed: Path) -> None:
+    """During a rotation each entry that verifies with an old key is signed again with
+    the current one as it is read; once every job has the new key, the old one can go
+    without turning the cache cold. Old keys are given one per line, so a key may hold
+    spaces and commas."""
+    rotating = {
+        "JAX_CACHE_SIGNING_KEY": OTHER_KEY,
+        "JAX_CACHE_OLD_SIGNING_KEYS": f"{ODD_KEY}\n  {KEY}  \n",
+    }
+    result, report = run_jax("--jax-cache-dir=cache", env=rotating)
+    result.assert_outcomes(passed=2)
+    assert_all_hits(report)
+    assert report["store"]["resigned"] == 2
+    result, report = run_jax("--jax-cache-dir=cache", env={"JAX_CACHE_SIGNING_KEY": OTHER_KEY})
+    assert_all_hits(report)
+    assert report["store"]["resigned"] == 0
+
+
+def test_a_key_with_spaces_and_commas_rotates_out(run_jax: RunJax, warm_cache: Path) -> None:
+    """A current key holding spaces and commas, later listed as an old key, verifies."""
+    result, report = run_jax("--jax-cache-dir=cache", env={"JAX_CACHE_SIGNING_KEY": ODD_KEY})
+    result.assert_outcomes(passed=2)
+    assert report["store"]["writes"] == 2  # unsigned entries are replaced by signed ones
+    env = {"JAX_CACHE_SIGNING_KEY": KEY, "JAX_CACHE_OLD_SIGNING_KEYS": ODD_KEY}
+    result, report = run_jax("--jax-cache-dir=cache", env=env)
+    assert_all_hits(report)
+    assert report["store"]["resigned"] == 2

@@ -1,0 +1,26 @@
+"""How figures are written for people: sizes and seconds, one format each, used by
+every surface (terminal, job summary, command line, notices)."""
+
+from __future__ import annotations
+
+
+def format_size(num_bytes: int) -> str:
+    """A short human size, binary units: ``1536`` -> ``"1.5 KiB"``."""
+    if abs(num_bytes) < 1024:
+        return f"{num_bytes} B"
+    size = num_bytes / 1024
+    for unit in ("KiB", "MiB"):
+        if abs(size) < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def format_secs(seconds: float) -> str:
+    """``1.234`` -> ``"1.23s"``."""
+    return f"{seconds:.2f}s"
+
+
+def format_rate(rate: float | None) -> str:
+    """A hit rate (``None``: nothing to rate) as a percentage."""
+    return "n/a" if rate is None else f"{100 * rate:.1f}%"
