@@ -1,75 +1,68 @@
 """The local store: maps JAX's cache keys to entries in a directory shared by any number
 of processes, with atomic writes, verification and single flight. Knows nothing of
-pytest or JAX. Layout (see also :mod:`pytest_jaxcache.maintenance`,
-:mod:`pytest_jaxcache.bookkeeping` and :mod:`pytest_jaxcache.ownership`)::
+pytest or JAX, and of a remote tier only that a second tier may sit behind it
+(:class:`SecondTier`). Its files (see :mod:`pytest_jaxcache.layout`)::
 
-    <root>/
-      entries/<machine>/<file>   one entry per compiled program (see entry.py), in the
-                                 namespace of the machine that wrote it (trust.py)
-      tmp/                       entries being written; renamed into entries/
-      locks/<file>.lock          per-key single-flight locks (filelock)
-      locks/<file>.nocache       "the last compile of this key wrote nothing: don't wait"
+    entries/<machine>/<entry>  one entry per compiled program (see entry.py), in the
+                               namespace of the machine that wrote it (environment.py)
+    tmp/                       entries being written; renamed into entries/
+    locks/<entry>.lock         per-key single-flight locks (filelock)
+    locks/<entry>.nocache      "the last compile of this key wrote nothing: don't wait"
 
 Correctness rests on the rename: an entry is either absent or whole. Locks only order
 work: one process compiles a key while the others wait (bounded) for its entry. Reads
 mark use for LRU by touching the entry's mtime; there is no directory-wide lock. An
 entry is loaded only when it verifies (entry.py) and nobody but us and root could have
 written it (trust.py); anything else is counted, reported, and replaced by a compile.
+Reads are bounded: a file larger than the entry limit, or whose head does not account
+for its size exactly, is refused before it is read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
-import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pytest_jaxcache import entry, keys, trust
 from pytest_jaxcache.bookkeeping import Bookkeeping
-from pytest_jaxcache.cachedir import TMP, CacheDir, OddFile
+from pytest_jaxcache.cachedir import CacheDir, OddFile
 from pytest_jaxcache.entry import Entry, Metadata, Refused
-from pytest_jaxcache.remote import Remote
-from pytest_jaxcache.tally import MAX_MESSAGES, Tally
+from pytest_jaxcache.environment import machine_difference
+from pytest_jaxcache.layout import (
+    ENTRIES,
+    LOCKS,
+    NAMESPACE,
+    PREFETCH_LOCK,
+    TEMPORARY,
+    TMP,
+    is_entry_name,
+    lock_name,
+    marker_name,
+    namespace_dir,
+)
+from pytest_jaxcache.reasons import EARLIER, REMOTE, THIS_SESSION
+from pytest_jaxcache.stats import StoreStats
 from pytest_jaxcache.trust import Signer
 
 if TYPE_CHECKING:
     import filelock
 
-ENTRIES = "entries"
-LOCKS = "locks"
-NAMESPACE = re.compile(r"[0-9a-f]{16}")
 
-
-@dataclass
-class StoreStats(Tally):
-    """What one process's store did; summed over processes with :meth:`Tally.add`."""
-
-    hits: int = 0
-    misses: int = 0
-    writes: int = 0
-    bytes_written: int = 0
-    repaired: int = 0  # corrupt entries found (and removed, unless read-only)
-    wrong_key: int = 0  # entries of another key under this key's name
-    untrusted: int = 0  # unsigned, badly signed, or writable by others: not loaded
-    foreign: int = 0  # this key's entry exists for another machine only: not loaded
-    odd_files: int = 0  # unreadable files, links, FIFOs... where an entry should be
-    write_errors: int = 0
-    skipped_writes: int = 0  # read-only mode
-    lock_waits: int = 0  # waited for another process compiling the same key...
-    waited_hits: int = 0  # ...and then read its entry instead of compiling
-    lock_timeouts: int = 0
-    wait_secs: float = 0.0  # time spent waiting for other processes' compiles
-    errors: list[str] = field(default_factory=list)
-
-    def note(self, message: str) -> None:
-        if len(self.errors) < MAX_MESSAGES and message not in self.errors:
-            self.errors.append(message)
+def why_not(error: OSError) -> str:
+    """An OSError in a few words, with the file it names ("disk full" for a full disk)."""
+    if error.errno == errno.ENOSPC:
+        return "disk full"
+    if error.filename is not None:
+        return f"{error.strerror or error}: {error.filename!r}"
+    return error.strerror or str(error)
 
 
 @dataclass(frozen=True)
@@ -79,7 +72,7 @@ class Lookup:
     entry: Entry | None = None
     refused: str = ""  # why an entry that exists for the key was not loaded
     waited_secs: float = 0.0  # spent waiting for another process's compile
-    remote: bool = False  # the entry came from the remote tier
+    source: str = ""  # where a hit's entry came from: EARLIER, THIS_SESSION or REMOTE
 
 
 @dataclass(frozen=True)
@@ -89,6 +82,32 @@ class Policy:
     signer: Signer = field(default_factory=Signer)
     load_unverified: bool = False  # signed entries load without a key to check them
     others_may_write: bool = False  # a deliberately shared directory (or signed entries)
+
+
+class SecondTier(Protocol):
+    """A tier behind the local store (the remote tier): asked on a local miss, given
+    what the store writes. It never raises and never blocks for long."""
+
+    @property
+    def on(self) -> bool: ...
+
+    def fetch(self, machine: str, name: str, check: Callable[[bytes, int], str]) -> bytes | None:
+        """The tier's bytes for entry ``name`` (unverified), or ``None``; ``check`` may
+        refuse a large object by its first bytes, before the rest is fetched."""
+
+    def fetched(self, name: str, *, accepted: bool) -> None:
+        """Whether the bytes :meth:`fetch` gave for ``name`` verified."""
+
+    def upload_later(self, machine: str, name: str, data: bytes, *, replace: bool) -> None:
+        """Keep ``data`` as entry ``name`` too, in the background."""
+
+
+class _BadHead(Refused):
+    """An entry file refused by its head, before it was read whole."""
+
+    def __init__(self, reason: str, inode: int) -> None:
+        super().__init__(entry.CORRUPT, reason)
+        self.inode = inode
 
 
 class Store:
@@ -101,18 +120,21 @@ class Store:
         readonly: bool = False,
         lock_timeout_secs: float = 120.0,
         policy: Policy | None = None,
+        max_entry_bytes: int = entry.MAX_ENTRY_BYTES,
     ) -> None:
         self.directory = directory
         self.readonly = readonly
         self.lock_timeout_secs = lock_timeout_secs
         self.policy = policy or Policy()
+        self.max_entry_bytes = max_entry_bytes
         self.stats = StoreStats()
         self.machine = ""  # this process's namespace; set by bind()
         self.machine_facts: dict[str, str] = {}
         self.session = ""  # the id of this session's fingerprint, stamped on entries
-        self.remote: Remote | None = None  # the tier behind this one, if any
-        self.prefetched: set[str] = set()  # entries this process downloaded ahead
-        self._bad_remote: set[str] = set()  # the remote holds a refused entry of these
+        self.session_started = math.inf  # entries written since are this session's (set by it)
+        self.second: SecondTier | None = None  # the tier behind this one, if any
+        self.single_flight = True  # off when nothing would release a claim
+        self.verified: set[str] = set()  # entries this process verified (hits, writes, kept)
         self._claims = threading.local()
 
     @property
@@ -122,7 +144,8 @@ class Store:
     def writable(self) -> bool:
         """Whether files can be created here (a filled cache on a read-only mount, or
         another user's, opens fine and creates nothing until its first write)."""
-        probe = f".probe-{os.getpid()}-{threading.get_ident()}"
+        probe = f"probe.{os.getpid()}.{threading.get_ident() & 0xFFFFFFFF:08x}.tmp"
+        assert TEMPORARY.fullmatch(probe)
         try:
             self.directory.create_empty(TMP, probe)
             self.directory.unlink(TMP, probe)
@@ -133,22 +156,22 @@ class Store:
     def bind(self, machine: str, facts: Mapping[str, str], session: str) -> None:
         """Entries from now on are read from and written to ``machine``'s namespace."""
         try:  # this machine's namespace must be a real directory of ours, if it exists
-            self.directory.fd(self._sub(machine))
+            self.directory.fd(namespace_dir(machine))
         except FileNotFoundError:
             pass
         except OSError as error:
             self.stats.odd_files += 1
-            self.stats.note(f"{self._sub(machine)} is {error.strerror}: nothing is loaded")
+            self.stats.note(f"{namespace_dir(machine)} is {error.strerror}: nothing is loaded")
             return
         self.machine, self.machine_facts, self.session = machine, dict(facts), session
         if not self.readonly:
             try:
                 Bookkeeping(self.directory).save_machine(machine, self.machine_facts)
             except OSError as error:
-                self.stats.note(f"machine record: {error}")
+                self.stats.note(f"machine record: {why_not(error)}")
 
     def _sub(self, machine: str | None = None) -> str:
-        return f"{ENTRIES}/{machine or self.machine}"
+        return namespace_dir(machine or self.machine)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -167,87 +190,70 @@ class Store:
         # A key whose last compile wrote nothing (host callbacks): nobody waits, nothing
         # is fetched.
         cachable = found.entry is not None or not self._uncachable(name)
-        if found.entry is None and not self.readonly and cachable:
+        if found.entry is None and not self.readonly and cachable and self.single_flight:
             found = self._claim(key, name, found)
-        if found.entry is None and cachable and self.remote is not None and self.remote.on:
-            found = self._from_remote(key, name, found)  # the claim (if any) is ours
+        second = self.second
+        if found.entry is None and cachable and second is not None and second.on:
+            found = self._from_second_tier(second, key, name, found)  # the claim is ours
         if found.entry is not None:
             self.stats.hits += 1
+            self.verified.add(name)
             return found
         self.stats.misses += 1
         if not found.refused:
             found = Lookup(None, self._elsewhere(name), found.waited_secs)
         return found
 
-    def _from_remote(self, key: str, name: str, local: Lookup) -> Lookup:
-        """Read-through: the remote's entry for ``key``, verified as a local one is, and
-        written locally (atomically) before it is served."""
-        assert self.remote is not None
-        data = self.remote.get(self.machine, name)
+    def _from_second_tier(self, second: SecondTier, key: str, name: str, local: Lookup) -> Lookup:
+        """Read-through: the second tier's entry for ``key``, verified as a local one
+        is, and written locally (atomically) before it is served."""
+        data = second.fetch(self.machine, name, entry.check_head)
         if data is None:
             return local
         try:
             found = self._verify(key, data)
         except Refused as refusal:
-            self.remote.stats.refused += 1
-            self._bad_remote.add(name)
+            second.fetched(name, accepted=False)
             return Lookup(None, f"the remote's entry: {refusal.reason}", local.waited_secs)
-        self.remote.stats.hits += 1
+        second.fetched(name, accepted=True)
+        found, data = self._signed_anew(key, found, data)
         if not self.readonly:
             try:
                 self.directory.write_atomic(self._sub(), name, data)
             except OSError as error:
-                self.stats.note(f"keep {name} from the remote: {error}")
-        return Lookup(found, waited_secs=local.waited_secs, remote=True)
+                self.stats.note(f"keep {name} from the remote: {why_not(error)}")
+        return Lookup(found, waited_secs=local.waited_secs, source=REMOTE)
 
-    def prefetch(self, names: Iterable[str], wait_secs: float) -> None:
-        """Download, in one bulk transfer, the entries of ``names`` this machine does not
-        hold yet; one process of the machine does it while the others wait for it."""
-        if self.remote is None or not self.remote.on or self.readonly:
-            return
-        import filelock
-
-        lock = filelock.FileLock(str(self.directory.path(LOCKS, "prefetch.lock")))
-        try:
-            self.directory.fd(LOCKS, create=True)
-            with lock.acquire(timeout=wait_secs):
-                missing = [n for n in names if not self.directory.exists(self._sub(), n)]
-                for name, data in self.remote.get_many(self.machine, missing).items():
-                    self._keep_prefetched(name, data)
-        except (filelock.Timeout, OSError) as error:
-            self.stats.note(f"prefetch: {error}")
-
-    def _keep_prefetched(self, name: str, data: bytes) -> None:
-        assert self.remote is not None
-        try:  # an entry's file name is its key (keys.file_name keeps JAX's keys whole)
-            self._verify(name, data)
-            self.directory.write_atomic(self._sub(), name, data)
-        except Refused:
-            self.remote.stats.refused += 1
-            self._bad_remote.add(name)
-            return
-        except OSError as error:
-            self.stats.note(f"prefetch {name}: {error}")
-            return
-        self.remote.stats.prefetched += 1
-        self.prefetched.add(name)
+    @staticmethod
+    def _head_check(head: bytes, info: os.stat_result) -> None:
+        """Refuse a file whose head does not account for its size exactly (a sparse or
+        padded file, garbage) before the rest of it is read."""
+        reason = entry.check_head(head, info.st_size)
+        if reason:
+            raise _BadHead(reason, info.st_ino)
 
     def _read(self, key: str, name: str, *, again: bool = False) -> Lookup:
         """This key's entry, if it may be loaded. ``again``: a second look in the same
         lookup (under the key's lock), whose refusals were counted the first time."""
         sub = self._sub()
         try:
-            data, info = self.directory.read(sub, name)
+            data, info = self.directory.read(
+                sub, name, limit=self.max_entry_bytes, check=self._head_check
+            )
         except FileNotFoundError:
             return Lookup()
+        except _BadHead as refusal:
+            if not again:
+                self._refused(sub, name, refusal.inode, refusal)
+            return Lookup(refused=refusal.reason)
         except OddFile as error:
             self.stats.odd_files += not again
             self.stats.note(f"{name} is {error.strerror}: not read")
             return Lookup(refused=f"its entry is {error.strerror}")
         except OSError as error:
             self.stats.odd_files += not again
-            self.stats.note(f"read {name}: {error.strerror or error}")
-            return Lookup(refused=f"its entry cannot be read ({error.strerror or error})")
+            self.stats.note(f"read {name}: {why_not(error)}")
+            return Lookup(refused=f"its entry cannot be read ({why_not(error)})")
         if not self.policy.others_may_write:
             writer = trust.other_writers(info)
             if writer is not None:
@@ -259,10 +265,12 @@ class Store:
             if not again:
                 self._refused(sub, name, info.st_ino, refusal)
             return Lookup(refused=refusal.reason)
+        found, data = self._signed_anew(key, found, data)
         if not self.readonly:
             with contextlib.suppress(OSError):  # evicted meanwhile: we hold its bytes
                 self.directory.touch(sub, name)
-        return Lookup(found)
+        source = THIS_SESSION if found.metadata.written_at >= self.session_started else EARLIER
+        return Lookup(found, source=source)
 
     def _verify(self, key: str, data: bytes) -> Entry:
         """The entry in ``data`` if this session may load it (:class:`Refused` if not)."""
@@ -274,7 +282,28 @@ class Store:
             load_unverified=self.policy.load_unverified,
         )
 
-    def _refused(self, sub: str, name: str, inode: int, refusal: Refused) -> None:
+    def _signed_anew(self, key: str, found: Entry, data: bytes) -> tuple[Entry, bytes]:
+        """An entry that verified with an old signing key, signed with the current one
+        and written back (and to the second tier), so that dropping the old key later
+        does not turn the cache cold."""
+        signer = self.policy.signer
+        if not (signer.signs and found.signed) or found.metadata.signer == signer.signing_key_id:
+            return found, data
+        if self.readonly:
+            return found, data
+        name = keys.file_name(key)
+        fresh = entry.encode(key, found.payload, found.metadata, signer)
+        try:
+            self.directory.write_atomic(self._sub(), name, fresh)
+        except OSError as error:
+            self.stats.note(f"re-sign {name}: {why_not(error)}")
+            return found, data
+        self.stats.resigned += 1
+        if self.second is not None:
+            self.second.upload_later(self.machine, name, fresh, replace=True)
+        return self._verify(key, fresh), fresh
+
+    def _refused(self, sub: str, name: str, inode: int | None, refusal: Refused) -> None:
         """Count a refused entry; remove it when it can never be of use (corrupt, or
         another key's), so that the next compile rewrites it. An untrusted entry is
         left for the write that replaces it."""
@@ -291,7 +320,7 @@ class Store:
         try:  # unless another process has already replaced it (a different inode)
             self.directory.unlink(sub, name, inode=inode)
         except OSError as error:
-            self.stats.note(f"remove refused {name}: {error}")
+            self.stats.note(f"remove refused {name}: {why_not(error)}")
 
     def _elsewhere(self, name: str) -> str:
         """Why this key's entry of another machine was not loaded ("" when none)."""
@@ -301,7 +330,7 @@ class Store:
                 facts = Bookkeeping(self.directory).load_machine(machine)
                 if facts is None:
                     return "written on another machine: not loaded"
-                return f"{trust.machine_difference(facts, self.machine_facts)}: not loaded"
+                return f"{machine_difference(facts, self.machine_facts)}: not loaded"
         return ""
 
     def namespaces(self) -> Iterator[str]:
@@ -313,11 +342,60 @@ class Store:
         except OSError:
             return
 
+    # -- what a second tier hands over (prefetch) ---------------------------------------
+
+    @staticmethod
+    def check_head(head: bytes, size: int) -> str:
+        """Why a file of ``size`` bytes starting with ``head`` cannot be an entry."""
+        return entry.check_head(head, size)
+
+    def holds(self, name: str) -> bool:
+        """Whether this machine's namespace has an entry file called ``name``."""
+        return is_entry_name(name) and self.directory.exists(self._sub(), name)
+
+    def keep(self, name: str, data: bytes) -> bool:
+        """Keep ``data`` as entry ``name`` if it verifies for the key the name holds;
+        returns whether it did. ``name`` comes from outside: it must be an entry name."""
+        if self.readonly or not self.machine or not is_entry_name(name):
+            return False
+        if len(data) > self.max_entry_bytes:
+            return False
+        try:  # an entry's file name is its key (keys.file_name keeps JAX's keys whole)
+            found = self._verify(name, data)
+        except Refused:
+            return False
+        _, data = self._signed_anew(name, found, data)
+        try:
+            self.directory.write_atomic(self._sub(), name, data)
+        except OSError as error:
+            self.stats.note(f"keep {name}: {why_not(error)}")
+            return False
+        self.verified.add(name)
+        return True
+
+    @contextlib.contextmanager
+    def prefetching(self, wait_secs: float) -> Iterator[bool]:
+        """Held while one process of this machine prefetches; yields whether this
+        process got to (``False``: it waited too long, or cannot lock)."""
+        import filelock
+
+        try:
+            lock = self.directory.file_lock(LOCKS, PREFETCH_LOCK, timeout=wait_secs)
+            lock.acquire()
+        except (filelock.Timeout, OSError) as error:
+            self.stats.note(f"prefetch: {error}")
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
     # -- single flight -----------------------------------------------------------------
 
     def _uncachable(self, name: str) -> bool:
         """The last compile of this key wrote nothing: nobody waits for an entry."""
-        return self.directory.exists(LOCKS, f"{name}.nocache")
+        return self.directory.exists(LOCKS, marker_name(name))
 
     def _held(self) -> dict[str, filelock.BaseFileLock]:
         held: dict[str, filelock.BaseFileLock] | None = getattr(self._claims, "held", None)
@@ -332,8 +410,7 @@ class Store:
 
         waited = 0.0
         try:
-            self.directory.fd(LOCKS, create=True)
-            lock = filelock.FileLock(str(self.directory.path(LOCKS, f"{name}.lock")), timeout=0)
+            lock = self.directory.file_lock(LOCKS, lock_name(name), timeout=0)
             try:
                 lock.acquire()
             except filelock.Timeout:
@@ -348,7 +425,7 @@ class Store:
                     waited = time.perf_counter() - started
                     self.stats.wait_secs += waited
         except OSError as error:
-            self.stats.note(f"lock {name}: {error}")
+            self.stats.note(f"lock {name}: {why_not(error)}")
             return first
         # Read again under the lock: the holder we waited for, or one that finished
         # between our first read and the lock, has written the entry.
@@ -356,7 +433,7 @@ class Store:
         if found.entry is not None:
             lock.release()
             self.stats.waited_hits += waited > 0
-            return Lookup(found.entry, waited_secs=waited)
+            return Lookup(found.entry, waited_secs=waited, source=found.source)
         self._held()[key] = lock
         return Lookup(None, found.refused or first.refused, waited)
 
@@ -370,9 +447,11 @@ class Store:
             key, lock = held.popitem()
             if compiled:
                 with contextlib.suppress(OSError):
-                    self.directory.create_empty(LOCKS, f"{keys.file_name(key)}.nocache")
-            with contextlib.suppress(Exception):  # runs inside the user's compile
+                    self.directory.create_empty(LOCKS, marker_name(keys.file_name(key)))
+            try:
                 lock.release()
+            except OSError as error:  # runs inside the user's compile: count, never raise
+                self.stats.note(f"release the lock of {keys.file_name(key)}: {why_not(error)}")
 
     # -- writes ------------------------------------------------------------------------
 
@@ -382,8 +461,11 @@ class Store:
         payload: bytes,
         compile_secs: float | None = None,
         parts: Mapping[str, str] | None = None,
+        facts: Mapping[str, str] | None = None,
     ) -> bool:
-        """Store ``payload`` atomically. Never raises; returns whether it was written."""
+        """Store ``payload`` atomically. Never raises; returns whether it was written.
+        ``parts`` are the digests of the key's parts, ``facts`` what else explains a
+        later miss (the program's input types, its module's structure)."""
         name = keys.file_name(key)
         try:
             if self.readonly or not self.machine:
@@ -395,21 +477,26 @@ class Store:
                 machine=self.machine,
                 session=self.session,
                 parts=dict(parts or {}),
+                facts=dict(facts or {}),
             )
             data = entry.encode(key, payload, metadata, self.policy.signer)
+            if len(data) > self.max_entry_bytes:
+                self.stats.skipped_writes += 1
+                self.stats.note(f"write {name}: {len(data)} bytes, over the entry limit")
+                return False
             try:
                 self.directory.write_atomic(self._sub(), name, data)
             except OSError as error:
                 self.stats.write_errors += 1
-                reason = "disk full" if error.errno == errno.ENOSPC else str(error)
-                self.stats.note(f"write {name}: {reason}")
+                self.stats.note(f"write {name}: {why_not(error)}")
                 return False
             self.stats.writes += 1
             self.stats.bytes_written += len(data)
-            if self.remote is not None:
-                self.remote.put_later(self.machine, name, data, replace=name in self._bad_remote)
+            self.verified.add(name)
+            if self.second is not None:
+                self.second.upload_later(self.machine, name, data, replace=False)
             with contextlib.suppress(OSError):  # the key is cachable after all
-                self.directory.unlink(LOCKS, f"{name}.nocache")
+                self.directory.unlink(LOCKS, marker_name(name))
             return True
         finally:
             lock = self._held().pop(key, None)
@@ -437,7 +524,7 @@ class Store:
                 continue
             for name in found:
                 same = by_program.get(keys.program_name(name))
-                if same is None or not keys.FILE_NAME.fullmatch(name):
+                if same is None or not is_entry_name(name):
                     continue
                 metadata = entry.read_metadata(self.directory, sub, name)
                 if metadata is not None and metadata.written_at < before:
@@ -454,13 +541,3 @@ class Store:
 
     def _newest_here_first(self, metadata: Metadata) -> tuple[float, bool]:
         return metadata.written_at, metadata.machine == self.machine
-
-    def entry_names(self) -> list[str]:
-        """This machine's entries."""
-        if not self.machine:
-            return []
-        try:
-            found = list(self.directory.scan(self._sub()))
-        except OSError:
-            return []
-        return sorted(name for name, _ in found if keys.FILE_NAME.fullmatch(name))

@@ -16,6 +16,13 @@ class Tally:
     """A dataclass of numbers (summed) and lists of messages (joined, deduplicated,
     bounded)."""
 
+    errors: list[str]  # what went wrong, in a few words each
+
+    def note(self, message: str) -> None:
+        """Keep ``message`` (once, and not more than :data:`MAX_MESSAGES` in all)."""
+        if len(self.errors) < MAX_MESSAGES and message not in self.errors:
+            self.errors.append(message)
+
     def add(self, other: Any) -> None:
         for item in fields(self):  # type: ignore[arg-type]
             mine, theirs = getattr(self, item.name), getattr(other, item.name)

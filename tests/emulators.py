@@ -5,6 +5,9 @@ use it). Clients are configured only through the environment, as a user's CI wou
 
 from __future__ import annotations
 
+import base64
+import http.client
+import http.server
 import json
 import shutil
 import socket
@@ -13,10 +16,12 @@ import sys
 import sysconfig
 import threading
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -167,3 +172,125 @@ def silent_server() -> Iterator[str]:
         for connection in held:
             connection.close()
         listener.close()
+
+
+@dataclass
+class Proxy:
+    """An HTTP proxy in front of an emulator that answers what ``answers(method, path)``
+    allows and holds every other request without ever answering (a server that
+    answers the bucket probe and then stalls)."""
+
+    endpoint: str
+    answered: list[str] = field(default_factory=list)
+    stalled: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def stalling_proxy(upstream: str, answers: Callable[[str, str], bool]) -> Iterator[Proxy]:
+    """Yields a :class:`Proxy` on 127.0.0.1 in front of ``upstream``."""
+    release = threading.Event()
+    target = urllib.parse.urlsplit(upstream)
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            request = f"{self.command} {self.path}"
+            if not answers(self.command, self.path):
+                with lock:
+                    proxy.stalled.append(request)
+                release.wait()  # never answered while the test runs
+                self.close_connection = True
+                return
+            with lock:
+                proxy.answered.append(request)
+            host = target.hostname or "127.0.0.1"
+            connection = http.client.HTTPConnection(host, target.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            connection.request(self.command, self.path, body=body, headers=headers)
+            answer = connection.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            connection.close()
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    proxy = Proxy(f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        yield proxy
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+# A child that reads or writes the bucket through fsspec, configured by the environment
+# alone (as the plugin's own client is).
+BUCKET_TOOL = """
+import base64, json, sys
+import fsspec
+
+fs, root = fsspec.url_to_fs(sys.argv[1], skip_instance_cache=True)
+if sys.argv[2] == "list":
+    found = fs.find(root) if fs.exists(root) else []
+    print(json.dumps({p[len(root) + 1:]: base64.b64encode(fs.cat_file(p)).decode() for p in found}))
+elif sys.argv[2] == "sizes":
+    found = fs.find(root, detail=True) if fs.exists(root) else {}
+    print(json.dumps({p[len(root) + 1:]: info["size"] for p, info in found.items()}))
+elif sys.argv[2] == "zeros":
+    fs.pipe_file(f"{root}/{sys.argv[3]}", bytes(int(sys.argv[4])))
+else:
+    fs.pipe_file(f"{root}/{sys.argv[3]}", base64.b64decode(sys.stdin.read()))
+"""
+
+
+def _bucket_tool(emulator: Emulator, url: str, *args: str, stdin: str | None = None) -> str:
+    from helpers import run_command
+
+    done = run_command(
+        [sys.executable, "-c", BUCKET_TOOL, url, *args],
+        Path.cwd(),
+        env=emulator.env,
+        stdin=stdin,
+        timeout=120,
+    )
+    assert done.ret == 0, done.errlines
+    return done.stdout.str()
+
+
+def objects(emulator: Emulator, url: str) -> dict[str, bytes]:
+    """What the bucket holds under ``url``: relative path -> bytes."""
+    listed = json.loads(_bucket_tool(emulator, url, "list"))
+    return {path: base64.b64decode(data) for path, data in listed.items()}
+
+
+def object_sizes(emulator: Emulator, url: str) -> dict[str, int]:
+    """Relative path -> size of what the bucket holds under ``url`` (nothing read)."""
+    sizes: dict[str, int] = json.loads(_bucket_tool(emulator, url, "sizes"))
+    return sizes
+
+
+def put_object(emulator: Emulator, url: str, path: str, data: bytes) -> None:
+    _bucket_tool(emulator, url, "put", path, stdin=base64.b64encode(data).decode())
+
+
+def put_zeros(emulator: Emulator, url: str, path: str, size: int) -> None:
+    """An object of ``size`` zero bytes, made in the bucket (not sent through a pipe)."""
+    _bucket_tool(emulator, url, "zeros", path, str(size))

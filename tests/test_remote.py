@@ -5,24 +5,20 @@ sharing one bucket prefix."""
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from emulators import Emulator, silent_server, start_gcs, start_s3
+from emulators import Emulator, objects, put_object, silent_server, start_gcs, start_s3
 from helpers import (
     Session,
-    child_env,
     programs_suite,
-    run_command,
     run_session,
     start_session,
     write_files,
@@ -79,43 +75,6 @@ def run(
         env={**emulator.env, **(env or {})},
         timeout=300,
     )
-
-
-# A child that reads or writes the bucket through fsspec, configured by the environment
-# alone (as the plugin's own client is).
-BUCKET_TOOL = """
-import base64, json, sys
-import fsspec
-
-fs, root = fsspec.url_to_fs(sys.argv[1], skip_instance_cache=True)
-if sys.argv[2] == "list":
-    found = fs.find(root) if fs.exists(root) else []
-    print(json.dumps({p[len(root) + 1:]: base64.b64encode(fs.cat_file(p)).decode() for p in found}))
-else:
-    fs.pipe_file(f"{root}/{sys.argv[3]}", base64.b64decode(sys.stdin.read()))
-"""
-
-
-def objects(emulator: Emulator, url: str) -> dict[str, bytes]:
-    """What the bucket holds under ``url``: relative path -> bytes."""
-    listed = run_command(
-        [sys.executable, "-c", BUCKET_TOOL, url, "list"], Path.cwd(), env=emulator.env
-    )
-    assert listed.ret == 0, listed.errlines
-    return {path: base64.b64decode(data) for path, data in json.loads(listed.stdout.str()).items()}
-
-
-def put_object(emulator: Emulator, url: str, path: str, data: bytes) -> None:
-    written = subprocess.run(
-        [sys.executable, "-c", BUCKET_TOOL, url, "put", path],
-        input=base64.b64encode(data).decode(),
-        env=child_env(emulator.env),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert written.returncode == 0, written.stderr
 
 
 def entries_of(stored: dict[str, bytes]) -> dict[str, bytes]:
@@ -256,7 +215,8 @@ def test_a_server_killed_mid_session_never_fails_a_test(tmp_path: Path) -> None:
     assert remote["off"] is not None and "remote off for the rest of the session" in remote["off"]
     assert report["store"]["writes"] == N_PROGRAMS  # the local tier went on
     assert any(
-        line.startswith(f"notice: remote {server.url('killed')}: ") for line in result.outlines
+        line.startswith(f"notice: remote {server.url('killed')} turned off: ")
+        for line in result.outlines
     )
 
 
@@ -296,7 +256,7 @@ def test_a_missing_bucket_is_one_notice(tmp_path: Path, emulator: Emulator) -> N
     result.assert_outcomes(passed=N_PROGRAMS)
     assert report["remote"]["off"] == f"the bucket 'no-such-bucket' of {target} does not exist"
     assert [line for line in result.outlines if line.startswith("notice: remote")] == [
-        f"notice: remote {target}: {report['remote']['off']}"
+        f"notice: remote {target} turned off: {report['remote']['off']}"
     ]
     assert report["store"]["writes"] == N_PROGRAMS
 
@@ -307,6 +267,7 @@ def test_missing_credentials_are_one_notice(tmp_path: Path, emulator: Emulator) 
     checkout = machine(tmp_path, "machine")
     env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
     env["AWS_SHARED_CREDENTIALS_FILE"] = env["AWS_CONFIG_FILE"] = str(tmp_path / "none")
+    env["AWS_EC2_METADATA_DISABLED"] = "true"  # no metadata server to wait out here
     result, report = run(
         checkout, emulator.url("prefix"), emulator, "-p", "no:xdist", FAST, env=env
     )

@@ -23,13 +23,16 @@ from typing import Any
 
 import filelock
 import pytest
+from helpers import claimed
 
 from pytest_jaxcache.bookkeeping import Bookkeeping
-from pytest_jaxcache.cachedir import TEMPORARY
 from pytest_jaxcache.entry import Metadata, encode, key_digest
 from pytest_jaxcache.keys import file_name
+from pytest_jaxcache.layout import TEMPORARY
 from pytest_jaxcache.ownership import adopt
-from pytest_jaxcache.store import Lookup, Policy, Store, StoreStats
+from pytest_jaxcache.reasons import EARLIER
+from pytest_jaxcache.stats import StoreStats
+from pytest_jaxcache.store import Lookup, Policy, Store
 from pytest_jaxcache.trust import Signer
 
 HASH_A, HASH_B, HASH_C = "a" * 64, "b" * 64, "c" * 64
@@ -49,7 +52,8 @@ SPAWN = multiprocessing.get_context("spawn")
 
 def open_store(root: Path, *, machine: str = MACHINE, bind: bool = True, **kwargs: Any) -> Store:
     """A store on ``root`` as a session opens one: adopted, and bound to ``machine``."""
-    store = Store(adopt(root, readonly=bool(kwargs.get("readonly"))), **kwargs)
+    directory = adopt(root, readonly=True) if kwargs.get("readonly") else claimed(root)
+    store = Store(directory, **kwargs)
     if bind:
         store.bind(machine, FACTS, SESSION)
     return store
@@ -206,7 +210,7 @@ def test_put_get_round_trip(tmp_path: Path) -> None:
 
     reader = open_store(tmp_path)
     found = reader.get(KEY)
-    assert found.entry is not None and found.refused == "" and not found.remote
+    assert found.entry is not None and found.refused == "" and found.source == EARLIER
     assert found.entry.payload == PAYLOAD and found.entry.compile_secs == 3.5
     assert (found.entry.metadata.machine, found.entry.metadata.session) == (MACHINE, SESSION)
     assert (reader.stats.hits, reader.stats.misses) == (1, 0)
@@ -249,7 +253,7 @@ def test_a_get_before_bind_loads_and_writes_nothing(tmp_path: Path) -> None:
     assert found == Lookup(refused="the machine is not known yet: nothing is loaded")
     assert (store.stats.misses, store.stats.hits) == (1, 0)
     assert store.put(KEY, PAYLOAD) is False and store.stats.skipped_writes == 1
-    assert store.entry_names() == [] and store.earlier_entries([KEY], 1e12) == {KEY: []}
+    assert store.earlier_entries([KEY], 1e12) == {KEY: []}
     assert snapshot(tmp_path) == before  # no lock taken, no machine recorded
 
 
@@ -425,7 +429,7 @@ def test_a_key_only_another_machine_holds_is_explained_and_kept(
     other = write_entry(tmp_path, machine=OTHER_MACHINE)
     written = other.read_bytes()
     if theirs is not None:
-        Bookkeeping(adopt(tmp_path, readonly=False)).save_machine(OTHER_MACHINE, theirs)
+        Bookkeeping(claimed(tmp_path)).save_machine(OTHER_MACHINE, theirs)
     store = open_store(tmp_path)
     found = store.get(KEY)
     assert found.entry is None and found.refused == f"{why}: not loaded"
@@ -524,7 +528,7 @@ def test_a_failed_write_is_counted_never_raised(tmp_path: Path, break_it: str, r
     lock."""
     cache, outside = tmp_path / "cache", tmp_path / "outside"
     outside.mkdir()
-    adopt(cache, readonly=False).close()
+    claimed(cache).close()
     if break_it == "tmp is a file":  # before the store opens its tmp/
         shutil.rmtree(cache / "tmp")
         (cache / "tmp").write_bytes(b"not a directory")
