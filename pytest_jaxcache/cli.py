@@ -17,8 +17,9 @@ from typing import Any
 from pytest_jaxcache import keys, ownership, settings
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import CacheDir
+from pytest_jaxcache.cikey import DEFAULT_PREFIX
+from pytest_jaxcache.formats import format_size
 from pytest_jaxcache.maintenance import ENTRY, OLD, Maintenance, usage_of
-from pytest_jaxcache.settings import format_size
 
 PROG = "jaxcache"
 
@@ -75,7 +76,7 @@ def show(args: argparse.Namespace) -> None:
         )
     if sessions:
         last = time.strftime("%Y-%m-%d %H:%M", time.localtime(sessions[-1]))
-        print(f"sessions: {len(sessions)} recorded, last started {last}")
+        print(f"sessions: {len(sessions)} recorded, the last started {last}")
     programs = Counter(keys.program_name(item.name) for item in items if item.kind == ENTRY)
     if programs:
         print("programs with most entries:")
@@ -91,7 +92,7 @@ def prune(args: argparse.Namespace) -> None:
     )
     if not result.ran:
         raise CliError(f"maintenance did not run: {result.reason}")
-    after = maintenance.usage()
+    after = maintenance.keep_contents()
     print(
         f"{before.entries} entries ({format_size(before.bytes)}) -> {after.entries} entries "
         f"({format_size(after.bytes)}): {result.evicted} evicted, {result.pruned} pruned"
@@ -100,7 +101,10 @@ def prune(args: argparse.Namespace) -> None:
 
 def clear(args: argparse.Namespace) -> None:
     directory = _cache(args.dir)
-    print(f"removed {Maintenance(directory).clear()} entries from {directory.root}")
+    maintenance = Maintenance(directory)
+    removed = maintenance.clear()
+    maintenance.keep_contents()
+    print(f"removed {removed} entries from {directory.root}")
 
 
 def _github_output(lines: list[str]) -> None:
@@ -113,7 +117,9 @@ def _github_output(lines: list[str]) -> None:
 
 
 def key(args: argparse.Namespace) -> None:
-    from pytest_jaxcache import cikey, jaxhooks
+    from pytest_jaxcache import cikey
+    from pytest_jaxcache.jax.fingerprint import fingerprint_outside_a_session
+    from pytest_jaxcache.jax.importing import JaxMissing
 
     xla_caches = settings.XLA_CACHES.default
     variable = settings.XLA_CACHES.env
@@ -126,8 +132,8 @@ def key(args: argparse.Namespace) -> None:
         except settings.SettingsError as error:
             raise CliError(str(error)) from None
     try:
-        fingerprint = jaxhooks.fingerprint_outside_a_session(xla_caches)
-    except jaxhooks.JaxMissing as error:
+        fingerprint = fingerprint_outside_a_session(xla_caches)
+    except JaxMissing as error:
         raise CliError(str(error)) from None
     primary = cikey.key(fingerprint, args.prefix)
     fallbacks = cikey.restore_keys(fingerprint, args.prefix)
@@ -203,7 +209,7 @@ def parser() -> argparse.ArgumentParser:
         "its backends; compiles nothing.",
     )
     key_parser.set_defaults(run=key)
-    key_parser.add_argument("--prefix", default="jaxcache", help="the key's first part")
+    key_parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="the key's first part")
     key_parser.add_argument(
         "--restore-keys",
         action="store_true",
@@ -234,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = top.parse_args(argv)
     try:
         args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `jaxcache show | head`: the reader left; so do we, quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except CliError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2

@@ -9,16 +9,20 @@ import pytest
 from pytest_jaxcache.markers import ERRORS
 
 XDIST_GROUP = ERRORS
+SWITCH = "jaxcache-errors-switch"  # the switch's name among pytest's plugins
 
 
 def is_marked(item: pytest.Item) -> bool:
     return item.get_closest_marker(ERRORS) is not None
 
 
-def run_marked_last(items: list[pytest.Item]) -> None:
+def run_marked_last(items: list[pytest.Item]) -> bool:
     """Stable partition, in place: unmarked tests first, then marked ones, each group
-    in the order earlier hooks (pytest-randomly, say) left it."""
-    items[:] = [i for i in items if not is_marked(i)] + [i for i in items if is_marked(i)]
+    in the order earlier hooks (pytest-randomly, say) left it. Whether any is marked."""
+    marked = [item for item in items if is_marked(item)]
+    if marked:
+        items[:] = [item for item in items if not is_marked(item)] + marked
+    return bool(marked)
 
 
 def group_marked_for_xdist(items: list[pytest.Item]) -> None:
@@ -49,6 +53,6 @@ class ErrorsSwitch:
         hook(config=self.config, enabled=wanted)
         if first and not hook.get_hookimpls():
             return  # no project switch: nothing traced so far can differ
-        from pytest_jaxcache import jaxhooks  # JAX only once a marked test runs
+        from pytest_jaxcache.jax.runtime import clear_in_memory_caches  # JAX: a switch ran
 
-        jaxhooks.clear_in_memory_caches()
+        clear_in_memory_caches()

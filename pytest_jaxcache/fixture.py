@@ -9,33 +9,22 @@ from typing import Any, TypeVar
 
 import pytest
 
-from pytest_jaxcache import explain, jaxhooks
-from pytest_jaxcache.recorder import HIT, MISS, UNCACHABLE, UNWRITTEN, CompileRecord, Counts
+from pytest_jaxcache import explain, reasons
+from pytest_jaxcache.jax import runtime
+from pytest_jaxcache.reasons import HIT, MISS
+from pytest_jaxcache.recorder import CompileRecord, Counts
 from pytest_jaxcache.session import CacheSession
 
 T = TypeVar("T")
 
-_WHY = {
-    UNCACHABLE: "looked up but never written (host callbacks, e.g. jax.debug.print, "
-    "io_callback, error checks?)",
-    UNWRITTEN: "not written: it compiled faster than --jax-cache-min-compile-time or is "
-    "smaller than --jax-cache-min-entry-size",
-}
-# Between two identical runs a program's key should not change: when it does, an
-# earlier entry of the same program differs in some part of its key.
-_CHANGED = (explain.KEY_PARTS, explain.PROGRAM)
 
-
-def _why(record: CompileRecord, misses: dict[str, explain.Miss]) -> str:
-    if record.outcome == UNWRITTEN and record.unwritten:
-        return f"not written: {record.unwritten}"
-    miss = misses.get(record.key)
-    if miss is not None and miss.cause in _CHANGED:
-        return (
-            f"its key changed between two identical runs ({miss.reason}): something "
-            "non-deterministic is traced into the program (a captured constant, a random value?)"
-        )
-    return _WHY.get(record.outcome) or (miss.reason if miss else "not found in the cache")
+def _why(record: CompileRecord, miss: reasons.Miss | None) -> str:
+    """Why a program of the second run was not served, in the report's words; a miss
+    between two identical runs says so (its key changed by itself)."""
+    why = reasons.why_compiled(record.outcome, record.unwritten, record.detail, miss)
+    if miss is not None and miss.cause not in (reasons.NEW, reasons.REFUSED):
+        return f"its key changed between two identical runs: {why}"
+    return why or "not found in the cache"
 
 
 class JaxCache:
@@ -74,13 +63,13 @@ class JaxCache:
             pytest.fail(
                 "jax_cache.assert_cached needs a persistent cache: run with --jax-cache-dir"
             )
-        jaxhooks.block_until_ready(fn(*args, **kwargs))
-        jaxhooks.clear_in_memory_caches()
+        runtime.block_until_ready(fn(*args, **kwargs))
+        runtime.clear_in_memory_caches()
         store, recorder = session.store, session.recorder
         first_compile = len(recorder.compiles)
         before = time.time()
         result = fn(*args, **kwargs)
-        jaxhooks.block_until_ready(result)
+        runtime.block_until_ready(result)
         compiled = recorder.compiles[first_compile:]
         if not compiled:
             pytest.fail("assert_cached: the function compiled nothing, so nothing was checked")
@@ -95,9 +84,10 @@ class JaxCache:
                     before=before,
                     current=session.fingerprint,
                     parts=recorder.missed_parts,
+                    facts=recorder.missed_facts,
                 )
             }
-            lines = [f"  {c.name}: {c.outcome}: {_why(c, misses)}" for c in failed]
+            lines = [f"  {c.name}: {c.outcome}: {_why(c, misses.get(c.key))}" for c in failed]
             pytest.fail(
                 f"{len(failed)} of {len(compiled)} programs did not come from the persistent "
                 "cache:\n" + "\n".join(lines),

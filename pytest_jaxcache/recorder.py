@@ -7,22 +7,34 @@ compile and the write. Cache events carry no name, so they are kept per thread u
 that closing event. A lookup with neither hit nor write is an *uncachable* compile
 when the program has host callbacks (and JAX gave no other reason), and *unwritten* when
 JAX or the store gave another reason (a size or time threshold, a failed write); a
-compile with no lookup ran with the cache off.
+compile with no lookup ran with the cache off (the codes and words are
+:mod:`pytest_jaxcache.reasons`').
 
 Listeners run inside the user's compile: :meth:`Recorder.on_event` and
 :meth:`Recorder.on_duration` swallow every exception (and count it) rather than raise.
 
-A worker's records reach the controller as :class:`Records` (see
-:mod:`pytest_jaxcache.worker_report`).
+A recorder holds one process's records; a worker's reach the controller as
+:class:`Records` (see :mod:`pytest_jaxcache.worker_report`), where the snapshot
+(:mod:`pytest_jaxcache.snapshot`) folds them together.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pytest_jaxcache.tally import Tally
+from pytest_jaxcache.reasons import (
+    HIT,
+    HOST_CALLBACKS,
+    MISS,
+    UNCACHABLE,
+    UNCACHED,
+    UNKNOWN,
+    UNWRITTEN,
+)
+from pytest_jaxcache.tally import MAX_MESSAGES, Tally
 
 REQUEST_EVENT = "/jax/compilation_cache/compile_requests_use_cache"
 HIT_EVENT = "/jax/compilation_cache/cache_hits"
@@ -30,12 +42,6 @@ WRITE_EVENT = "/jax/compilation_cache/cache_misses"
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
 LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
-
-HIT = "hit"
-MISS = "miss"  # cachable: compiled, then written (or the write was attempted)
-UNCACHABLE = "uncachable"  # looked up, compiled, never written: host callbacks
-UNWRITTEN = "unwritten"  # looked up, compiled, not written: below a size/time threshold
-UNCACHED = "uncached"  # compiled with the persistent cache off
 
 OUTSIDE_TESTS = "<outside tests>"  # conftest/module import, collection, session fixtures
 OUTSIDE_PHASE = "collect"
@@ -82,16 +88,24 @@ class CompileRecord:
     key: str = ""  # the cache key, when our store saw the lookup
     refused: str = ""  # why an entry found for the key was not loaded
     waited_secs: float = 0.0  # of ``secs``, spent waiting for another process's compile
-    unwritten: str = ""  # why a program compiled with the cache on was not written
+    unwritten: str = ""  # why it was not written: a reasons code ("" when it was, or a hit)
+    detail: str = ""  # what goes with the code (a threshold, JAX's message)
+    source: str = ""  # a hit's entry: written in an earlier session, this one, or remote
 
 
 @dataclass
 class TestRecord:
+    """One test (or the work outside tests): its compile figures by phase, and when it
+    ran, for how long and how it ended (the timeline and the shards' history)."""
+
     __test__ = False  # not a test class, whatever pytest thinks of the name
     nodeid: str
     phases: dict[str, Counts] = field(default_factory=dict)
     markers: list[str] = field(default_factory=list)
     worker: str = ""
+    started: float = 0.0  # when its setup began (time.time())
+    wall_secs: float = 0.0  # setup, call and teardown
+    outcome: str = ""  # passed, failed, skipped ("" outside tests)
 
     def total(self) -> Counts:
         total = Counts()
@@ -121,9 +135,11 @@ class _Pending:
     key: str = ""
     stored_compile_secs: float | None = None
     refused: str = ""
-    unwritten: str = ""  # why the program was not written
-    unwritten_for_callbacks: bool = False  # ... because it has host callbacks
+    unwritten: str = ""  # why the program was not written (a reasons code)
+    detail: str = ""
+    source: str = ""
     parts: dict[str, str] = field(default_factory=dict)  # its key's part digests
+    facts: dict[str, str] = field(default_factory=dict)  # what else explains a miss
     waited_secs: float = 0.0
     trace_secs: float = 0.0
     lower_secs: float = 0.0
@@ -139,9 +155,10 @@ class Recorder:
         self.compiles: list[CompileRecord] = []
         self.cache_warnings: list[str] = []
         self.listener_errors: list[str] = []
-        # This process's missed keys: the digests of their parts (explained here, at
-        # the end of the session; not sent to the controller).
+        # This process's missed keys: the digests of their parts and the facts of their
+        # programs (explained here, at the end of the session; not sent anywhere).
         self.missed_parts: dict[str, dict[str, str]] = {}
+        self.missed_facts: dict[str, dict[str, str]] = {}
         self._context: tuple[str, str, tuple[str, ...]] = (OUTSIDE_TESTS, OUTSIDE_PHASE, ())
         self._bypassed = False
         self._local = threading.local()
@@ -150,11 +167,22 @@ class Recorder:
     # -- context, set by the pytest hooks -------------------------------------------------
 
     def begin(self, nodeid: str, phase: str, markers: tuple[str, ...] = ()) -> None:
-        """Attribute what compiles from now on to ``nodeid``'s ``phase``. Cheap: a
-        record is only made for a test that compiles."""
+        """Attribute what compiles from now on to ``nodeid``'s ``phase``; its setup
+        starts the test's clock."""
         self._context = (nodeid, phase, markers)
+        if phase == "setup":
+            record = self._test(nodeid)
+            record.started = time.time()
+            record.markers = sorted(set(record.markers) | set(markers))
 
-    def end(self) -> None:
+    def end(self, outcome: str = "") -> None:
+        """The current test is over (``outcome``: passed, failed or skipped)."""
+        nodeid = self._context[0]
+        if nodeid != OUTSIDE_TESTS:
+            record = self._test(nodeid)
+            if record.started:
+                record.wall_secs = max(0.0, time.time() - record.started)
+            record.outcome = outcome
         self._context = (OUTSIDE_TESTS, OUTSIDE_PHASE, ())
 
     def set_bypassed(self, bypassed: bool) -> None:
@@ -223,29 +251,33 @@ class Recorder:
         *,
         refused: str = "",
         waited_secs: float = 0.0,
+        source: str = "",
     ) -> None:
         """Our store looked ``key`` up: on a hit, its program once took
-        ``stored_compile_secs`` to compile (``None``: unknown, or a miss); ``refused``
-        says why an entry that exists was not loaded; ``waited_secs`` went on waiting for
-        another process's compile (not compile time of ours)."""
+        ``stored_compile_secs`` to compile (``None``: unknown, or a miss) and its entry
+        came from ``source``; ``refused`` says why an entry that exists was not loaded;
+        ``waited_secs`` went on waiting for another process's compile (not compile time
+        of ours)."""
         pending = self._pending()
         pending.key = key
         pending.stored_compile_secs = stored_compile_secs
         pending.refused = refused or pending.refused
         pending.waited_secs += waited_secs
+        pending.source = source
 
-    def note_unwritten(self, reason: str, *, host_callbacks: bool = False) -> None:
-        """The compile under way in this thread will not be written, for ``reason``
-        (``host_callbacks``: because the program has host callbacks; any other reason,
-        a threshold say, makes it *unwritten*, also when it has callbacks)."""
+    def note_unwritten(self, code: str, detail: str = "") -> None:
+        """The compile under way in this thread will not be written, for the reason
+        ``code`` (:mod:`pytest_jaxcache.reasons`): host callbacks make it *uncachable*;
+        any other reason, a threshold say, makes it *unwritten*, also when it has
+        callbacks."""
         pending = self._pending()
-        pending.unwritten = reason
-        pending.unwritten_for_callbacks = host_callbacks
+        pending.unwritten, pending.detail = code, detail[:300]
 
-    def note_key_parts(self, parts: dict[str, str]) -> None:
-        """The digests of the parts of the key of the compile under way (to explain
-        its miss)."""
-        self._pending().parts = parts
+    def note_key_parts(self, parts: dict[str, str], facts: dict[str, str]) -> None:
+        """The digests of the parts of the key of the compile under way, and the facts
+        of its program (to explain its miss)."""
+        pending = self._pending()
+        pending.parts, pending.facts = parts, facts
 
     def note_cache_warning(self, message: str) -> None:
         """JAX warned about a cache read or write; we counted it instead."""
@@ -254,7 +286,7 @@ class Recorder:
             self.cache_warnings.append(f"{nodeid} ({phase}): {message}")
 
     def _listener_failed(self, error: Exception) -> None:
-        if len(self.listener_errors) < 10:
+        if len(self.listener_errors) < MAX_MESSAGES:
             self.listener_errors.append(f"{type(error).__name__}: {error}")
 
     def _close_compile(self, pending: _Pending, name: str, secs: float) -> None:
@@ -264,12 +296,12 @@ class Recorder:
             outcome = HIT
         elif pending.written and not pending.unwritten:
             outcome = MISS
-        elif pending.host_callbacks is False or (
-            pending.unwritten and not pending.unwritten_for_callbacks
+        elif pending.unwritten == HOST_CALLBACKS or (
+            not pending.unwritten and pending.host_callbacks is not False
         ):
-            outcome = UNWRITTEN
-        else:
             outcome = UNCACHABLE
+        else:
+            outcome = UNWRITTEN
         waited = min(pending.waited_secs, secs)
         secs -= waited  # waiting for another process is neither compiling nor loading
         with self._lock:
@@ -292,6 +324,7 @@ class Recorder:
                     counts.misses += 1
                     if pending.key and pending.parts:
                         self.missed_parts[pending.key] = pending.parts
+                        self.missed_facts[pending.key] = pending.facts
                 elif outcome == UNCACHABLE:
                     counts.uncachable += 1
                 elif outcome == UNWRITTEN:
@@ -309,9 +342,19 @@ class Recorder:
                     pending.key,
                     pending.refused,
                     waited,
-                    "" if outcome in (HIT, MISS, UNCACHED) else pending.unwritten,
+                    *self._why_not(outcome, pending),
+                    pending.source if outcome == HIT else "",
                 )
             )
+
+    @staticmethod
+    def _why_not(outcome: str, pending: _Pending) -> tuple[str, str]:
+        """The not-written code and detail of a compile of ``outcome``."""
+        if outcome == UNCACHABLE:
+            return HOST_CALLBACKS, ""
+        if outcome == UNWRITTEN:
+            return pending.unwritten or UNKNOWN, pending.detail
+        return "", ""
 
     # -- xdist --------------------------------------------------------------------------
 
@@ -322,17 +365,3 @@ class Recorder:
             cache_warnings=list(self.cache_warnings),
             listener_errors=list(self.listener_errors),
         )
-
-    def merge(self, worker: str, records: Records) -> None:
-        """Fold a worker's records into this (controller) recorder."""
-        for test in records.tests:
-            record = self._test(test.nodeid)
-            record.worker = worker
-            record.markers = sorted(set(record.markers) | set(test.markers))
-            for phase, counts in test.phases.items():
-                record.phases.setdefault(phase, Counts()).add(counts)
-        for compile_ in records.compiles:
-            compile_.worker = worker
-            self.compiles.append(compile_)
-        self.cache_warnings.extend(records.cache_warnings)
-        self.listener_errors.extend(records.listener_errors)

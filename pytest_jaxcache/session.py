@@ -1,27 +1,33 @@
-"""One process's share of a pytest session: open the store, configure JAX when it is
-imported, account what happened, and (on the controller, or the only process) fold in
-the workers' reports, run maintenance and build the report. The pytest hooks in
-:mod:`pytest_jaxcache.plugin` only call into this."""
+"""One process's share of a pytest session: open the store (and the remote tier behind
+it), configure JAX when it is imported, account what happens; and, on the controller or
+the only process, fold in the workers' shares, run maintenance once and build the
+snapshot once. The plugin objects of :mod:`pytest_jaxcache.roles` only call into this."""
 
 from __future__ import annotations
 
 import errno
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_jaxcache import explain, jaxhooks, keys, ownership, trust
+from pytest_jaxcache import environment, explain, keys, ownership, snapshot, trust
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import CacheDir
+from pytest_jaxcache.entry import MAX_ENTRY_BYTES
+from pytest_jaxcache.environment import InstallFacts
+from pytest_jaxcache.jax import importing
+from pytest_jaxcache.jax.installation import Installation
 from pytest_jaxcache.keydump import KeyDump
+from pytest_jaxcache.layout import ENTRIES, NAMESPACE, SUBDIRECTORIES, namespace_dir
 from pytest_jaxcache.maintenance import Maintenance, MaintenanceResult, Usage, jax_files_usage
-from pytest_jaxcache.recorder import HIT, MISS, Recorder
-from pytest_jaxcache.remote import Remote, RemoteStats
+from pytest_jaxcache.reasons import HIT, MISS, Miss
+from pytest_jaxcache.recorder import Recorder
+from pytest_jaxcache.remote import Remote
 from pytest_jaxcache.settings import Mode, Settings, StoreKind
-from pytest_jaxcache.store import ENTRIES, Policy, Store, StoreStats
+from pytest_jaxcache.stats import RemoteStats
+from pytest_jaxcache.store import Policy, Store, why_not
 from pytest_jaxcache.worker_report import WorkerReport
 
 # A cache that exists but cannot take writes (a read-only mount, another user's restored
@@ -40,10 +46,6 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-def _why(error: OSError) -> str:
-    return "disk full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-
-
 @dataclass
 class CacheSession:
     settings: Settings
@@ -55,7 +57,7 @@ class CacheSession:
     store: Store | None = None
     remote: Remote | None = None
     directory: CacheDir | None = None  # the local directory, whichever store serves it
-    installation: jaxhooks.Installation | None = None
+    installation: Installation | None = None
     notices: list[str] = field(default_factory=list)
     fingerprint: dict[str, str] = field(default_factory=dict)
     before: Usage | None = None
@@ -65,14 +67,16 @@ class CacheSession:
     lost_workers: list[str] = field(default_factory=list)
     key_dump: KeyDump | None = None
     _cancel_install: Callable[[], None] = lambda: None
+    _misses: list[Miss] | None = None
+    _snapshot: dict[str, Any] | None = None
 
     # -- start ------------------------------------------------------------------------
 
     def start(self) -> None:
         """Open the store (and the remote tier behind it); configure JAX when it is
-        imported (at once if it already is). Raises :class:`jaxhooks.JaxMissing`, before
+        imported (at once if it already is). Raises :class:`importing.JaxMissing`, before
         any directory is made, and :class:`UnusableCache`."""
-        jaxhooks.ensure_installed()
+        importing.ensure_installed()
         self.mode = self.settings.mode
         if self.settings.store is StoreKind.OURS:
             self.store = self._open_store()
@@ -80,7 +84,7 @@ class CacheSession:
             self._open_remote()
         elif self.settings.cache_dir is not None:
             self.directory = CacheDir(self.settings.cache_dir)
-        self._cancel_install = jaxhooks.when_jax_imported(self._install)
+        self._cancel_install = importing.when_jax_imported(self._install)
 
     def _open_remote(self) -> None:
         url = self.settings.remote_url
@@ -90,8 +94,11 @@ class CacheSession:
             url,
             timeout_secs=self.settings.remote_timeout_secs,
             readonly=self.settings.remote_mode is Mode.READONLY,
+            signer=self.policy.signer,
+            max_object_bytes=self.store.max_entry_bytes,
         )
-        self.store.remote = self.remote
+        self.remote.tell_others_through(self.store.directory, self._session_id())
+        self.store.second = self.remote
         self.remote.connect_in_background()
         if self.settings.xla_caches != "none":  # XLA's caches cannot live in a bucket
             self.notices.append(
@@ -99,6 +106,10 @@ class CacheSession:
                 f"(not {self.settings.xla_caches!r})"
             )
             self.settings = replace(self.settings, xla_caches="none")
+
+    def _session_id(self) -> str:
+        """What the processes of this session share (the controller's start time)."""
+        return f"{self.started_at:.6f}"
 
     def _location(self) -> str | None:
         """Where JAX is pointed: our directory, JAX's own directory or URL, or nowhere."""
@@ -110,20 +121,22 @@ class CacheSession:
 
     def _install(self) -> None:
         """Runs inside ``import jax``: report a failure, never raise it into the import."""
+        from pytest_jaxcache.jax.install import install
+
         try:
-            self.installation = jaxhooks.install(
+            self.installation = install(
                 self.settings,
                 self.recorder,
                 store=self.store,
                 location=self._location(),
                 key_dump=self._key_dump(),
             )
-        except Exception as error:
+        except Exception as error:  # said in the report; the suite runs, uncached
             self.notices.append(f"could not configure JAX: {type(error).__name__}: {error}")
             return
         self.notices.extend(self.installation.notices)
         if self.store is not None and self.installation.ours:
-            self.installation.on_first_compile = self._stamp_fingerprint
+            self.installation.on_first_compile = self._first_compile
 
     def _key_dump(self) -> KeyDump | None:
         """``--jax-cache-explain``'s writer, when it has programs to match and a store
@@ -140,7 +153,8 @@ class CacheSession:
 
     def _open_store(self) -> Store | None:
         """Our store on the configured directory, or ``None`` (with a notice) when it
-        cannot be used; :class:`UnusableCache` when the directory is not ours."""
+        cannot be used; :class:`UnusableCache` when the directory is not ours. Nothing is
+        written in the directory (no tag, no sub-directory) before every check passed."""
         root = self.settings.cache_dir
         assert root is not None
         directory = self._adopt(root)
@@ -151,18 +165,37 @@ class CacheSession:
             self.notices.append(f"cannot use {root}: {'; '.join(odd)}: running uncached")
             directory.close()
             return None
+        if not self._trusted(directory, root):
+            directory.close()
+            return None
+        if self.mode is not Mode.READONLY:
+            try:
+                ownership.claim(directory)
+            except OSError as error:
+                self._use_read_only(root, why_not(error))
+        # No entry is larger than the cap a read-write session keeps the cache under
+        # (it could not be kept); a read-only session applies no cap.
+        cap = None if self.mode is Mode.READONLY else self.settings.max_size_bytes
         store = Store(
             directory,
             readonly=self.mode is Mode.READONLY,
             lock_timeout_secs=self.settings.lock_timeout_secs,
             policy=self.policy,
+            max_entry_bytes=min(cap, MAX_ENTRY_BYTES) if cap else MAX_ENTRY_BYTES,
         )
+        store.session_started = self.started_at
         if not store.readonly and not store.writable():
             self._use_read_only(root, "not writable")
             store.readonly = True
-        namespaces = [f"{ENTRIES}/{machine}" for machine in store.namespaces()]
-        subs = [*ownership.SUBDIRECTORIES, *namespaces]
-        problems = trust.other_writers_of_tree(directory, subs)
+        return store
+
+    def _trusted(self, directory: CacheDir, root: Path) -> bool:
+        """Whether nobody else could have written what we would load (or the user said
+        that is fine); a notice either way when others can."""
+        namespaces = [
+            namespace_dir(name) for name, _ in directory.scan(ENTRIES) if NAMESPACE.fullmatch(name)
+        ]
+        problems = trust.other_writers_of_tree(directory, [*SUBDIRECTORIES, *namespaces])
         if problems and not self.policy.others_may_write:
             self.notices.append(
                 f"not loading from {root}: {problems[0]}"
@@ -171,17 +204,15 @@ class CacheSession:
                 " Fix: chmod go-w (or chown) it, or, if it is shared on purpose, pass "
                 "--jax-cache-shared or sign entries with JAX_CACHE_SIGNING_KEY"
             )
-            directory.close()
-            return None
+            return False
         if problems:
             why = "entries must be signed" if self.policy.signer.signs else "--jax-cache-shared"
             self.notices.append(f"{root} can be written by others ({problems[0]}): loading ({why})")
-        return store
+        return True
 
     def _adopt(self, root: Path) -> CacheDir | None:
-        """The cache directory, tagged as ours: a directory that is someone else's is a
-        usage error; one that cannot be created or written a notice (uncached, or
-        read-only when it already is a cache)."""
+        """The cache directory, if it is ours: a directory that is someone else's is a
+        usage error; one that cannot be created or entered a notice (uncached)."""
         readonly = self.mode is Mode.READONLY
         try:
             return ownership.adopt(root, readonly=readonly)
@@ -195,43 +226,43 @@ class CacheSession:
             return None
         except OSError as error:
             if readonly or error.errno not in _READ_ONLY_ERRNOS or not _is_dir(root):
-                self.notices.append(f"cannot use {root} ({_why(error)}): running uncached")
+                self.notices.append(f"cannot use {root} ({why_not(error)}): running uncached")
                 return None
-            try:  # an existing cache that we cannot write (or tag): still worth reading
+            try:  # an existing cache that we cannot write: still worth reading
                 directory = ownership.adopt(root, readonly=True)
             except ownership.NotOurs as problem:
                 raise UnusableCache(f"{self.settings.dir_source}: {problem}") from None
             except OSError as problem:
-                self.notices.append(f"cannot use {root} ({_why(problem)}): running uncached")
+                self.notices.append(f"cannot use {root} ({why_not(problem)}): running uncached")
                 return None
-            self._use_read_only(root, _why(error))
+            self._use_read_only(root, why_not(error))
             return directory
 
     def _use_read_only(self, root: Path, why: str) -> None:
         self.notices.append(f"{root} is {why}: using it read-only")
         self.mode = Mode.READONLY
 
-    def _stamp_fingerprint(self) -> None:
+    def _first_compile(self) -> None:
         """Called inside the first compile, when the backend exists: fix which machine's
-        namespace this process reads and writes, and what its entries record about the
-        session's environment."""
+        namespace this process reads and writes, what its entries record about the
+        session's environment, and prefetch what earlier sessions used."""
+        from pytest_jaxcache.jax.fingerprint import fingerprint
+
         assert self.store is not None
-        self.fingerprint = jaxhooks.fingerprint()
-        session_id = trust.fingerprint_id(self.fingerprint)
+        self.fingerprint = fingerprint()
+        session_id = environment.fingerprint_id(self.fingerprint)
         self.store.bind(
-            trust.namespace(self.fingerprint), trust.machine_of(self.fingerprint), session_id
+            environment.namespace(self.fingerprint),
+            environment.machine_of(self.fingerprint),
+            session_id,
         )
         if not self.store.readonly:
             try:
                 Bookkeeping(self.store.directory).save_fingerprint(session_id, self.fingerprint)
             except OSError as error:
-                self.store.stats.note(f"fingerprint: {error}")
-        if self.remote is not None and self.settings.prefetch:
-            used = self.remote.used_before(self.store.machine, session_id)
-            self.store.prefetch(
-                {name for names in used for name in names},
-                wait_secs=4 * self.settings.remote_timeout_secs,
-            )
+                self.store.stats.note(f"fingerprint: {why_not(error)}")
+        if self.remote is not None and self.settings.prefetch and not self.store.readonly:
+            self.remote.prefetch(self.store, session_id)
 
     def measure_before(self) -> None:
         self.before = self._usage()
@@ -243,7 +274,7 @@ class CacheSession:
             if self.directory is not None:
                 return jax_files_usage(self.directory)
         except OSError as error:
-            self.notices.append(f"cannot measure {self.settings.where}: {error}")
+            self.notices.append(f"cannot measure {self.settings.where}: {why_not(error)}")
         return None
 
     # -- xdist ------------------------------------------------------------------------
@@ -255,124 +286,86 @@ class CacheSession:
         self.recorder.worker = worker_id
         if controller is not None:
             self.started_at = float(controller["started_at"])
+            if self.store is not None:
+                self.store.session_started = self.started_at
+            if self.remote is not None and self.store is not None:
+                self.remote.tell_others_through(self.store.directory, self._session_id())
 
     def controller_input(self) -> dict[str, Any]:
         return {"started_at": self.started_at}
 
-    def worker_report(self) -> WorkerReport:
-        return WorkerReport(
-            records=self.recorder.export(),
-            store=self.store.stats if self.store is not None else StoreStats(),
-            misses=self.explain_misses(),
-            notices=list(self.notices) + (self.key_dump.errors if self.key_dump else []),
-            installed=None if self.installation is None else self.installation.facts,
-            remote=self._flushed_remote(),
-            prefetched=sorted(self.store.prefetched) if self.store is not None else [],
-            fingerprint=dict(self.fingerprint),
-        )
-
-    def _flushed_remote(self) -> RemoteStats:
-        """This process's remote figures, once its uploads are done (or given up)."""
-        if self.remote is None:
-            return RemoteStats()
-        self.remote.flush(3 * self.settings.remote_timeout_secs)
-        return self.remote.stats
-
     def absorb(self, worker: str, report: WorkerReport) -> None:
-        """Fold a finished worker's report into this (controller) session."""
-        self.recorder.merge(worker, report.records)
+        """Keep a finished worker's share for the snapshot."""
         self.workers[worker] = report
-        for notice in report.notices:
-            if notice not in self.notices:
-                self.notices.append(notice)
 
     def lose(self, worker: str) -> None:
         """A worker crashed before it could report."""
         self.lost_workers.append(worker)
 
-    # -- finish -----------------------------------------------------------------------
+    # -- this process's share ---------------------------------------------------------
 
-    def explain_misses(self) -> list[explain.Miss]:
-        """This process's misses, each with its reason."""
-        if self.store is None:
-            return []
+    def explain_misses(self) -> list[Miss]:
+        """This process's misses, each with its reason (computed once)."""
+        if self._misses is not None:
+            return self._misses
+        self._misses = []
         missed = [c for c in self.recorder.compiles if c.outcome == MISS and c.key]
+        if self.store is None or not missed:
+            return self._misses
         try:
-            return explain.explain(
+            self._misses = explain.explain(
                 self.store,
                 {c.key for c in missed},
                 before=self.started_at,
                 current=self.fingerprint,
                 parts=self.recorder.missed_parts,
+                facts=self.recorder.missed_facts,
                 refused={c.key: c.refused for c in missed if c.refused},
             )
         except OSError as error:
-            self.notices.append(f"cannot explain misses: {error}")
-            return []
+            self.notices.append(f"cannot explain misses: {why_not(error)}")
+        return self._misses
 
-    def total_stats(self) -> StoreStats:
-        """What the store did in this session: this process and every worker."""
-        stats = StoreStats()
-        if self.store is not None:
-            stats.add(self.store.stats)
+    def _remote_stats(self, used: set[str], verified: set[str]) -> RemoteStats:
+        """This process's remote figures, once its uploads are done (or given up) and,
+        on the controller or alone, the manifest is written."""
+        if self.remote is None:
+            return RemoteStats()
+        machine = environment.namespace(self._fingerprint()) if self._fingerprint() else ""
+        session = environment.fingerprint_id(self._fingerprint()) if machine else ""
+        return self.remote.finish(machine if not self.worker else "", session, used, verified)
+
+    def share(self) -> WorkerReport:
+        """What this process did: a worker sends it, the controller adds it to theirs."""
+        used = {
+            keys.file_name(c.key) for c in self._compiles() if c.key and c.outcome in (HIT, MISS)
+        }
+        verified = set(self.store.verified) if self.store is not None else set()
         for sent in self.workers.values():
-            stats.add(sent.store)
-        return stats
+            verified.update(sent.prefetched)
+        remote = self._remote_stats(used, verified)
+        notices = list(self.notices)
+        if self.key_dump is not None:
+            notices += self.key_dump.errors
+        return WorkerReport(
+            records=self.recorder.export(),
+            store=self.store.stats if self.store is not None else WorkerReport().store,
+            misses=self.explain_misses(),
+            notices=notices,
+            installed=self.installed(),
+            remote=remote,
+            remote_off=self.remote.off_reason if self.remote is not None else "",
+            prefetched=sorted(self.remote.prefetched) if self.remote is not None else [],
+            fingerprint=dict(self.fingerprint),
+        )
 
-    def finish(self) -> None:
-        """Controller (or only process): maintenance under the directory lock, when
-        there can be work: this session wrote, pruning is on, the cache was over its cap
-        already, or a killed writer left a temporary file. A warm run skips it."""
-        self._record_used()
-        if self.store is None:
-            self.after = self._usage()
-            return
-        if self.store.readonly:
-            self.after = self.before
-            self.maintenance = MaintenanceResult(ran=False, reason="read-only")
-            return
-        maintenance = Maintenance(self.store.directory, self._machine() or None)
-        cap = self.settings.max_size_bytes
-        over_cap = cap is not None and (self.before is None or self.before.bytes > cap)
-        try:
-            leftovers = maintenance.has_temporaries()  # a writer was killed mid-write
-        except OSError:
-            leftovers = False
-        stats, remote = self.total_stats(), self.total_remote()
-        # Entries downloaded from the remote were written locally too.
-        changed = stats.writes or stats.repaired or stats.wrong_key
-        changed = changed or remote.hits or remote.prefetched
-        if not (changed or leftovers or over_cap or self.settings.prune_after_sessions):
-            self.after = self.before  # this session changed nothing: no second scan
-        else:
-            self.maintenance = maintenance.maintain(
-                max_size_bytes=cap,
-                prune_after_sessions=self.settings.prune_after_sessions,
-                session_start=self.started_at,
-            )
-            self.after = self._usage()
-        self._record_contents()
-
-    def _record_contents(self) -> None:
-        """Keep contents.json (digest, entries, bytes) in step with what the cache holds,
-        for CI steps that key a saved cache on it; rewritten only when it changed."""
-        assert self.store is not None
-        if self.after is None:
-            return
-        books = Bookkeeping(self.store.directory)
-        if books.contents_digest() == self.after.digest:
-            return
-        try:
-            books.save_contents(self.after.digest, self.after.entries, self.after.bytes)
-        except OSError as error:
-            self.notices.append(f"could not record the cache's contents: {error}")
-
-    @property
-    def changed(self) -> bool | None:
-        """Whether the cache's contents changed in this session (``None``: unknown)."""
-        if self.before is None or self.after is None:
-            return None
-        return self.before.digest != self.after.digest
+    def _compiles(self) -> list[Any]:
+        """Every compile of the session this process knows of: its own and, on the
+        controller, its workers'."""
+        found = list(self.recorder.compiles)
+        for sent in self.workers.values():
+            found += sent.records.compiles
+        return found
 
     def _fingerprint(self) -> dict[str, str]:
         """This session's fingerprint, as this process (or, on an xdist controller that
@@ -384,114 +377,95 @@ class CacheSession:
                 return dict(sent.fingerprint)
         return {}
 
-    def _machine(self) -> dict[str, str]:
-        return trust.machine_of(self._fingerprint())
+    def installed(self) -> InstallFacts | None:
+        return None if self.installation is None else self.installation.facts
 
-    def total_remote(self) -> RemoteStats:
-        """What the session did with the remote: this process and every worker."""
-        stats = RemoteStats()
-        stats.add(self._flushed_remote())
-        prefetched = set(self.store.prefetched) if self.store is not None else set()
-        for sent in self.workers.values():
-            stats.add(sent.remote)
-            prefetched.update(sent.prefetched)
-        hit = {keys.file_name(c.key) for c in self.recorder.compiles if c.outcome == HIT}
-        stats.prefetched_used = len(prefetched & hit)
-        return stats
+    # -- finish (the controller, or the only process) ----------------------------------
 
-    def _record_used(self) -> None:
-        """Tell the remote what this session used: the next session of this
-        fingerprint, on any machine of the fleet, prefetches it."""
-        fingerprint = self._fingerprint()
-        if self.remote is None or not fingerprint:
-            return
-        used = {
-            keys.file_name(c.key)
-            for c in self.recorder.compiles
-            if c.key and c.outcome in (HIT, MISS)
-        }
-        self.remote.record_used(
-            trust.namespace(fingerprint), trust.fingerprint_id(fingerprint), used
-        )
-
-    def installed(self) -> jaxhooks.InstallFacts | None:
-        """Store kind and JAX versions: this process's, or (an xdist controller that
-        never imported JAX) a worker's."""
-        if self.installation is not None:
-            return self.installation.facts
-        for sent in self.workers.values():
-            if sent.installed is not None:
-                return sent.installed
-        return None
-
-    def build_report(self) -> dict[str, Any]:
-        misses = self.explain_misses()
-        for worker_report in self.workers.values():
-            misses += worker_report.misses
-        installed = self.installed()
-        store_kind = "none (JAX never imported)" if installed is None else installed.store
-        cache = {
-            "dir": self.settings.where,
-            "source": str(self.settings.dir_source),
-            "store": store_kind,
-            "mode": self.mode.value,
-            "notices": self.notices,
-            "max_size_bytes": self.settings.max_size_bytes,
-            "before": None if self.before is None else asdict(self.before),
-            "after": None if self.after is None else asdict(self.after),
-            "maintenance": None if self.maintenance is None else asdict(self.maintenance),
-            "changed": self.changed,
-            "digest": None if self.after is None else self.after.digest,
-        }
+    def finish(self) -> dict[str, Any]:
+        """Maintenance (when there can be work: this session wrote, pruning is on, the
+        cache was over its cap, or a killed writer left a temporary file), the session
+        recorded, the contents digest kept, and the snapshot built: once."""
+        if self._snapshot is not None:
+            return self._snapshot
+        own = self.share()
+        shares = {"": own, **self.workers}
+        self._maintain(shares)
         remote = None
         if self.remote is not None:
-            fingerprint = self._fingerprint()
-            remote = {
-                "url": self.remote.url,
-                "namespace": trust.namespace(fingerprint) if fingerprint else None,
-                "mode": "readonly" if self.remote.readonly else "readwrite",
-                "off": self.remote.off_reason or None,
-                **asdict(self.total_remote()),
-            }
-        from pytest_jaxcache import report
-
-        return report.build(
-            self.recorder,
-            cache=cache,
-            jax_versions={
-                "jax": None if installed is None else installed.jax,
-                "jaxlib": None if installed is None else installed.jaxlib,
-            },
-            store_stats=asdict(self.total_stats()),
+            remote = snapshot.RemoteState(
+                self.remote.url, "readonly" if self.remote.readonly else "readwrite"
+            )
+        self._snapshot = snapshot.build(
+            shares,
+            cache=snapshot.CacheState(
+                where=self.settings.where,
+                source=str(self.settings.dir_source),
+                mode=self.mode.value,
+                notices=tuple(self.notices),
+                max_size_bytes=self.settings.max_size_bytes,
+                before=self.before,
+                after=self.after,
+                maintenance=self.maintenance,
+                durations=self.settings.durations,
+            ),
             remote=remote,
-            misses=explain.summarise(misses),
-            miss_reasons={miss.key: miss.reason for miss in misses},
-            workers={
-                worker: {
-                    "store": asdict(sent.store),
-                    "misses": [asdict(miss) for miss in sent.misses],
-                    "tests": len(sent.records.tests),
-                    "installed": None if sent.installed is None else asdict(sent.installed),
-                }
-                for worker, sent in self.workers.items()
-            },
             lost_workers=self.lost_workers,
         )
+        return self._snapshot
+
+    def _maintain(self, shares: dict[str, WorkerReport]) -> None:
+        if self.store is None:
+            self.after = self._usage()
+            return
+        if self.store.readonly:
+            self.after = self.before
+            self.maintenance = MaintenanceResult(ran=False, reason="read-only")
+            return
+        machine = environment.machine_of(self._fingerprint())
+        maintenance = Maintenance(self.store.directory, machine or None)
+        cap = self.settings.max_size_bytes
+        over_cap = cap is not None and (self.before is None or self.before.bytes > cap)
+        try:
+            leftovers = maintenance.has_temporaries()  # a writer was killed mid-write
+        except OSError:
+            leftovers = False
+        changed = any(
+            s.store.writes
+            or s.store.repaired
+            or s.store.wrong_key
+            or s.store.resigned
+            or s.remote.hits
+            or s.remote.prefetched  # downloads were written locally too
+            for s in shares.values()
+        )
+        if changed or leftovers or over_cap or self.settings.prune_after_sessions:
+            self.maintenance = maintenance.maintain(
+                max_size_bytes=cap,
+                prune_after_sessions=self.settings.prune_after_sessions,
+                session_start=self.started_at,
+            )
+            self.after = self._usage()
+        else:  # this session changed nothing: no second scan, but it counts as a session
+            self.maintenance = maintenance.record(self.started_at)
+            self.after = self.before
+        self._record_contents()
+
+    def _record_contents(self) -> None:
+        """Keep contents.json (digest, entries, bytes) in step with what the cache holds,
+        for CI steps that key a saved cache on it; rewritten only when it changed."""
+        assert self.store is not None
+        if self.after is None:
+            return
+        try:
+            Bookkeeping(self.store.directory).keep_contents(
+                self.after.digest, self.after.entries, self.after.bytes
+            )
+        except OSError as error:
+            self.notices.append(f"could not record the cache's contents: {why_not(error)}")
 
     def stop(self) -> None:
         self._cancel_install()
         if self.installation is not None:
             self.installation.uninstall()
             self.installation = None
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def append_text(path: Path, text: str) -> None:
-    """Append ``text`` (a job summary: other steps append to the same file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(text)

@@ -1,16 +1,16 @@
 """The session as a Markdown section for a CI job summary (``$GITHUB_STEP_SUMMARY``).
 
-Pure: made from the JSON document :func:`pytest_jaxcache.report.build` returns, with the
-same figures (and the same arithmetic) as the terminal section.
+Pure: made from the snapshot (:mod:`pytest_jaxcache.snapshot`), with the same figures and
+the same words as the terminal section.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pytest_jaxcache.formats import format_secs
 from pytest_jaxcache.markers import ERRORS
-from pytest_jaxcache.report import compiled_outside, remote_figures, slowest_phases
-from pytest_jaxcache.settings import format_size
+from pytest_jaxcache.terminal import compiled_outside, lookups_hit, remote_figures, saved, usage
 
 _SHOWN = 10  # rows of each table; the rest is counted
 
@@ -24,16 +24,6 @@ def _code(text: object) -> str:
     return f"`{_cell(text).replace('`', chr(39))}`"
 
 
-def _secs(value: float) -> str:
-    return f"{value:.2f} s"
-
-
-def _usage(usage: dict[str, Any] | None) -> str:
-    if usage is None:
-        return "?"
-    return f"{usage['entries']} entries, {format_size(usage['bytes'])}"
-
-
 def _table(header: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
@@ -43,7 +33,7 @@ def _table(header: list[str], align: list[str], rows: list[list[str]]) -> list[s
 
 
 def _contents(cache: dict[str, Any]) -> str:
-    text = f"{_usage(cache.get('before'))} → {_usage(cache.get('after'))}"
+    text = f"{usage(cache['before'])} → {usage(cache['after'])}"
     changed = cache.get("changed")
     if changed is None:
         return text
@@ -52,62 +42,64 @@ def _contents(cache: dict[str, Any]) -> str:
     return f"{text}: {state}{digest}"
 
 
-def markdown(data: dict[str, Any], *, durations: int = 10) -> str:
+def markdown(snapshot: dict[str, Any]) -> str:
     """The job summary section of one session."""
-    cache, totals, cachable = data["cache"], data["totals"], data["cachable"]
-    rate = cachable["hit_rate"]
-    maintenance = cache.get("maintenance") or {}
-    store = data["store"]
+    cache, totals = snapshot["cache"], snapshot["totals"]
+    maintenance = cache["maintenance"] or {}
+    store = snapshot["store"]
     rows = [
-        [
-            "Hit rate",
-            ("n/a" if rate is None else f"**{100 * rate:.1f}%**")
-            + f" ({cachable['hits']}/{cachable['lookups']} cachable lookups)",
-        ],
+        ["Hit rate", f"**{lookups_hit(snapshot)}**"],
         ["Outside the cachable set", compiled_outside(totals) or "nothing compiled"],
         [
             "Time",
-            f"{_secs(totals['compile_secs'] - totals['outside_secs'])} compiling cachable "
-            f"programs, {_secs(totals['retrieval_secs'])} loading hits, "
-            f"{_secs(cachable['saved_secs'])} saved",
+            f"{format_secs(totals['compile_secs'] - totals['outside_secs'])} compiling "
+            f"cachable programs, {format_secs(totals['retrieval_secs'])} loading hits"
+            f"{saved(snapshot['cachable'])}",
         ],
         ["Cache", _cell(f"{cache['dir']} ({cache['store']}, {cache['mode']})")],
         ["Contents", _contents(cache)],
         [
             "Store",
-            f"{store.get('writes', 0)} written, {maintenance.get('evicted', 0)} evicted, "
+            f"{store['writes']} written, {maintenance.get('evicted', 0)} evicted, "
             f"{maintenance.get('dropped', 0)} dropped, {maintenance.get('pruned', 0)} pruned, "
-            f"{store.get('repaired', 0)} repaired",
+            f"{store['repaired']} repaired",
         ],
     ]
-    remote = data.get("remote")
+    remote = snapshot["remote"]
     if remote is not None:
         state = f"off: {remote['off']}" if remote["off"] else remote_figures(remote)
         rows.append(["Remote", _cell(f"{remote['url']} ({remote['mode']}): {state}")])
     lines = ["### JAX compilation cache", "", *_table(["", ""], ["---", "---"], rows), ""]
-    lines += _slowest(data, durations)
-    lines += _uncachable(data)
-    lines += _not_written(data)
-    lines += _misses(data)
-    notices = list(cache.get("notices", []))
+    lines += _slowest(snapshot)
+    lines += _uncachable(snapshot)
+    lines += _not_written(snapshot)
+    lines += _misses(snapshot)
+    notices = list(cache["notices"])
     if notices:
         lines += ["**Notices**", "", *(f"- {_cell(notice)}" for notice in notices), ""]
     return "\n".join(lines) + "\n"
 
 
-def _slowest(data: dict[str, Any], durations: int) -> list[str]:
-    rows, total = slowest_phases(data, durations)
+def _slowest(snapshot: dict[str, Any]) -> list[str]:
+    rows = snapshot["slowest_compiling"]
     if not rows:
         return []
     table = [
-        [_secs(busy), phase, _code(nodeid), str(compiled), str(counts["hits"])]
-        for busy, nodeid, phase, compiled, counts in rows
+        [
+            format_secs(row["compile_secs"]),
+            row["phase"],
+            _code(row["nodeid"]),
+            str(row["compiled"]),
+            str(row["hits"]),
+        ]
+        for row in rows
     ]
+    title = f"Slowest compiling test phases ({len(rows)} of {snapshot['phases_compiling']})"
     return [
-        f"<details><summary>Slowest compiling test phases ({len(rows)} of {total})</summary>",
+        f"<details><summary>{title}</summary>",
         "",
         *_table(
-            ["compile + load", "phase", "test", "compiled", "from cache"],
+            ["compiling", "phase", "test", "compiled", "from cache"],
             ["---:", "---", "---", "---:", "---:"],
             table,
         ),
@@ -145,23 +137,30 @@ def _not_written(data: dict[str, Any]) -> list[str]:
         [
             str(group["count"]),
             _cell(group["reason"]),
-            _secs(group["secs"]),
+            format_secs(group["secs"]),
             ", ".join(_code(e) for e in group["examples"]),
+            _cell(group["remedy"]),
         ]
         for group in data["not_written"]
     ]
     if not rows:
         return []
-    header = ["programs", "why", "compiling", "for example"]
-    return _section("Compiled and not written", header, ["---:", "---", "---:", "---"], rows)
+    header = ["programs", "why", "compiling", "for example", "remedy"]
+    align = ["---:", "---", "---:", "---", "---"]
+    return _section("Compiled and not written", header, align, rows)
 
 
 def _misses(data: dict[str, Any]) -> list[str]:
     rows = [
-        [str(miss["count"]), _cell(miss["reason"]), ", ".join(_code(e) for e in miss["examples"])]
+        [
+            str(miss["count"]),
+            _cell(miss["reason"]),
+            ", ".join(_code(e) for e in miss["examples"]),
+            ", ".join(_code(t) for t in miss["tests"][:5]),
+        ]
         for miss in data["misses"]
     ]
     if not rows:
         return []
-    header = ["programs", "why", "for example"]
-    return _section("Why programs missed", header, ["---:", "---", "---"], rows)
+    header = ["programs", "why", "for example", "in tests"]
+    return _section("Why programs missed", header, ["---:", "---", "---", "---"], rows)

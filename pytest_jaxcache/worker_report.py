@@ -1,5 +1,6 @@
-"""What an xdist worker sends its controller at the end of its session: one typed,
-versioned structure, turned into plain builtins to cross execnet and back.
+"""One process's share of a session: what an xdist worker sends its controller at the
+end of its session, and what the controller (or the only process) adds of its own.
+Typed and versioned, turned into plain builtins to cross execnet and back.
 
 The worker fills it in ``pytest_sessionfinish`` (``config.workeroutput``); the
 controller reads it in ``pytest_testnodedown``. A worker that crashed sends nothing, and
@@ -11,13 +12,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pytest_jaxcache.explain import Miss
-from pytest_jaxcache.jaxhooks import InstallFacts
+from pytest_jaxcache.environment import InstallFacts
+from pytest_jaxcache.reasons import Miss
 from pytest_jaxcache.recorder import CompileRecord, Counts, Records, TestRecord
-from pytest_jaxcache.remote import RemoteStats
-from pytest_jaxcache.store import StoreStats
+from pytest_jaxcache.stats import RemoteStats, StoreStats
 
-VERSION = 2
+VERSION = 3
 EXCHANGE_KEY = "jaxcache"  # in workerinput (controller -> worker) and workeroutput
 
 
@@ -27,14 +27,15 @@ class ReportVersionError(ValueError):
 
 @dataclass
 class WorkerReport:
-    """One worker's share of the session."""
+    """One process's share of the session."""
 
     records: Records = field(default_factory=Records)
     store: StoreStats = field(default_factory=StoreStats)
-    misses: list[Miss] = field(default_factory=list)
+    misses: list[Miss] = field(default_factory=list)  # this process's misses, explained
     notices: list[str] = field(default_factory=list)
     installed: InstallFacts | None = None
     remote: RemoteStats = field(default_factory=RemoteStats)
+    remote_off: str = ""  # why this process turned the remote tier off ("": it did not)
     prefetched: list[str] = field(default_factory=list)  # entries it downloaded ahead
     fingerprint: dict[str, str] = field(default_factory=dict)  # stamped on its entries
 
@@ -47,6 +48,7 @@ class WorkerReport:
             "notices": list(self.notices),
             "installed": None if self.installed is None else asdict(self.installed),
             "remote": asdict(self.remote),
+            "remote_off": self.remote_off,
             "prefetched": list(self.prefetched),
             "fingerprint": dict(self.fingerprint),
         }
@@ -74,6 +76,7 @@ class WorkerReport:
             notices=list(data["notices"]),
             installed=None if installed is None else InstallFacts(**installed),
             remote=RemoteStats(**data["remote"]),
+            remote_off=str(data["remote_off"]),
             prefetched=[str(name) for name in data["prefetched"]],
             fingerprint={str(k): str(v) for k, v in data["fingerprint"].items()},
         )
@@ -85,4 +88,7 @@ def _test(data: dict[str, Any]) -> TestRecord:
         phases={phase: Counts.from_dict(counts) for phase, counts in data["phases"].items()},
         markers=list(data["markers"]),
         worker=data["worker"],
+        started=float(data["started"]),
+        wall_secs=float(data["wall_secs"]),
+        outcome=str(data["outcome"]),
     )

@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple, Protocol
 
 import pytest
+from invariants import check as check_invariants
 
+from pytest_jaxcache.cachedir import CacheDir
 from pytest_jaxcache.entry import Entry, Refused, decode
+from pytest_jaxcache.ownership import adopt, claim
 from pytest_jaxcache.trust import Signer
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -54,15 +57,22 @@ def pytest_argv(*args: str, python: str | os.PathLike[str] = sys.executable) -> 
     return [str(python), "-m", "pytest", *UNRELATED_PLUGINS, *args]
 
 
+def jaxcache_argv(*args: str | os.PathLike[str]) -> list[str]:
+    """The command line of the ``jaxcache`` command, through this interpreter (the
+    script's directory need not be on ``PATH``)."""
+    return [sys.executable, "-m", "pytest_jaxcache", *(str(arg) for arg in args)]
+
+
 def run_command(
     argv: Sequence[str | os.PathLike[str]],
     cwd: Path,
     *,
     env: Mapping[str, str] | None = None,
     timeout: float = 300,
+    stdin: str | None = None,
 ) -> pytest.RunResult:
-    """Run any child process with :func:`child_env` (plus ``env``) and return its
-    outcome as pytest's ``RunResult``."""
+    """Run any child process with :func:`child_env` (plus ``env``; ``stdin`` as its
+    input) and return its outcome as pytest's ``RunResult``."""
     started = time.monotonic()
     done = subprocess.run(
         [str(part) for part in argv],
@@ -72,6 +82,8 @@ def run_command(
         text=True,
         timeout=timeout,
         check=False,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
     )
     return pytest.RunResult(
         done.returncode,
@@ -110,12 +122,15 @@ def run_session(
     report: bool = True,
 ) -> Session:
     """Run ``pytest *args`` in ``cwd``; with ``report``, ask for a JSON report (read back
-    into :attr:`Session.report`)."""
+    into :attr:`Session.report`), and check the invariants of every snapshot against
+    the JSON and what the session printed."""
     path = cwd / f"jaxcache-report-{os.getpid()}-{next(_reports)}.json"
     extra = (f"--jax-cache-report={path}",) if report else ()
     argv = [*prefix, *pytest_argv(*extra, *args, python=python)]
     result = run_command(argv, cwd, env=env, timeout=timeout)
     data = json.loads(path.read_text()) if path.exists() else {}
+    if data:
+        check_invariants(data, result.outlines)
     return Session(result, data)
 
 
@@ -149,6 +164,14 @@ def _jax_version() -> tuple[int, int]:
 # they are cached. The one place where expectations legitimately depend on the JAX
 # version: every test that branches on it says so.
 CALLBACKS_CACHED = _jax_version() >= (0, 11)
+
+
+def claimed(root: Path) -> CacheDir:
+    """``root`` as a session makes it a cache directory: adopted (created if new) and
+    tagged."""
+    directory = adopt(root, readonly=False)
+    claim(directory)
+    return directory
 
 
 def entries(cache_dir: Path) -> list[Path]:

@@ -9,19 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import RunJax, run_command, write_files
+from helpers import RunJax, jaxcache_argv, run_command, write_files
 from markdown_it import MarkdownIt
+from recording import build, compile_
 
-from pytest_jaxcache import cikey, report, summary
-from pytest_jaxcache.cli import PROG
-from pytest_jaxcache.explain import NEW, NEW_PROGRAM, MissGroup
-from pytest_jaxcache.recorder import (
-    BACKEND_COMPILE_EVENT,
-    HIT_EVENT,
-    REQUEST_EVENT,
-    WRITE_EVENT,
-    Recorder,
-)
+from pytest_jaxcache import cikey, reasons, summary
+from pytest_jaxcache.maintenance import MaintenanceResult, Usage
+from pytest_jaxcache.reasons import HIT, MISS, NEW, NEW_PROGRAM, Miss
+from pytest_jaxcache.recorder import BACKEND_COMPILE_EVENT, REQUEST_EVENT, Recorder
+from pytest_jaxcache.terminal import compiled_outside
 
 SUITE = {
     "test_suite.py": """
@@ -99,7 +95,7 @@ def test_a_change_changes_the_key_and_falls_back_only_within_a_machine(
 
 
 def key_json(cwd: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = run_command([PROG, "key", "--json"], cwd, env=env)
+    result = run_command(jaxcache_argv("key", "--json"), cwd, env=env)
     assert result.ret == 0, result.errlines
     data: dict[str, Any] = json.loads(result.stdout.str())
     return data
@@ -129,9 +125,9 @@ def test_jaxcache_key_computes_what_the_plugin_stamps(
     assert flagged["key"] != computed["key"]
     assert flagged["restore_keys"][-1] == computed["restore_keys"][-1]
 
-    plain = run_command([PROG, "key"], pytester.path)
+    plain = run_command(jaxcache_argv("key"), pytester.path)
     assert plain.outlines == [computed["key"]]
-    restore = run_command([PROG, "key", "--restore-keys", "--prefix", "ci"], pytester.path)
+    restore = run_command(jaxcache_argv("key", "--restore-keys", "--prefix", "ci"), pytester.path)
     assert restore.outlines == cikey.restore_keys(stamped, "ci")
 
 
@@ -141,7 +137,7 @@ def test_github_output_gets_key_and_restore_keys(pytester: pytest.Pytester) -> N
     output = pytester.path / "github_output"
     output.write_text("earlier=1\n")
     result = run_command(
-        [PROG, "key", "--github-output"], pytester.path, env={"GITHUB_OUTPUT": str(output)}
+        jaxcache_argv("key", "--github-output"), pytester.path, env={"GITHUB_OUTPUT": str(output)}
     )
     assert result.ret == 0, result.errlines
     [key] = result.outlines
@@ -149,7 +145,7 @@ def test_github_output_gets_key_and_restore_keys(pytester: pytest.Pytester) -> N
     assert lines[:3] == ["earlier=1", f"key={key}", "restore-keys<<EOF_JAXCACHE_RESTORE_KEYS"]
     assert lines[3:] == [f"{key}-", key.rsplit("-", 1)[0] + "-", "EOF_JAXCACHE_RESTORE_KEYS"]
 
-    missing = run_command([PROG, "key", "--github-output"], pytester.path)
+    missing = run_command(jaxcache_argv("key", "--github-output"), pytester.path)
     assert missing.ret == 2 and "GITHUB_OUTPUT is not set" in missing.stderr.str()
 
 
@@ -157,7 +153,7 @@ def test_github_output_gets_key_and_restore_keys(pytester: pytest.Pytester) -> N
 
 
 def digest_of(cache: Path, cwd: Path) -> str:
-    result = run_command([PROG, "digest", str(cache)], cwd)
+    result = run_command(jaxcache_argv("digest", str(cache)), cwd)
     assert result.ret == 0, result.errlines
     [value] = result.outlines
     return value
@@ -197,47 +193,26 @@ def test_the_digest_changes_with_the_contents_and_only_with_them(
 # -- the job summary -----------------------------------------------------------------------
 
 
-def compile_(recorder: Recorder, name: str, *events: str, secs: float = 0.1) -> None:
-    recorder.start_compile(host_callbacks=False)
-    for event in events:
-        recorder.on_event(event)
-    recorder.on_duration(BACKEND_COMPILE_EVENT, secs, fun_name=name)
-
-
 def sample_document() -> dict[str, Any]:
     recorder = Recorder()
     recorder.begin("test_a.py::test_x[a|b]", "call")
-    compile_(recorder, "jit(hit)", REQUEST_EVENT, HIT_EVENT)
-    compile_(recorder, "jit(miss)", REQUEST_EVENT, WRITE_EVENT, secs=0.5)
+    compile_(recorder, "jit(hit)", HIT, 0.1, 0.5)
+    compile_(recorder, "jit(miss)", MISS, 0.5)
     recorder.begin("test_b.py::test_y", "setup")
     recorder.start_compile(host_callbacks=True)
     recorder.on_event(REQUEST_EVENT)
-    recorder.note_unwritten("it has host callbacks, never written", host_callbacks=True)
+    recorder.note_unwritten(reasons.HOST_CALLBACKS)
     recorder.on_duration(BACKEND_COMPILE_EVENT, 0.2, fun_name="jit(printing)")
-    recorder.end()
-    before = {"entries": 4, "bytes": 4096, "jax_files": 0, "jax_bytes": 0, "digest": "aaaa"}
-    after = {**before, "entries": 5, "bytes": 5120, "digest": "bbbb"}
-    return report.build(
+    recorder.end("passed")
+    return build(
         recorder,
-        cache={
-            "dir": "/work/.jaxcache",
-            "source": "--jax-cache-dir",
-            "store": "pytest-jaxcache store",
-            "mode": "readwrite",
-            "notices": ["a notice | with a pipe"],
-            "max_size_bytes": 2**30,
-            "before": before,
-            "after": after,
-            "maintenance": {"ran": True, "evicted": 1, "pruned": 0, "dropped": 0},
-            "changed": True,
-            "digest": "bbbb",
-        },
-        jax_versions={"jax": "0.10.2", "jaxlib": "0.10.2"},
-        store_stats={"writes": 1, "repaired": 0, "errors": []},
-        misses=[MissGroup(NEW_PROGRAM, NEW, (), 1, ("jit_miss",))],
-        miss_reasons={},
-        workers={},
-        lost_workers=[],
+        misses=[Miss("jit(miss)-0123", NEW_PROGRAM, NEW)],
+        notices=("a notice | with a pipe",),
+        before=Usage(4, 4096, digest="aaaa"),
+        after=Usage(5, 5120, digest="bbbb"),
+        maintenance=MaintenanceResult(ran=True, evicted=1),
+        where="/work/.jaxcache",
+        source="--jax-cache-dir",
     )
 
 
@@ -249,8 +224,8 @@ def test_the_job_summary_is_markdown_with_real_tables() -> None:
     document = sample_document()
     rendered = html(summary.markdown(document))
     assert rendered.count("<table>") == 5
-    assert "<td><strong>50.0%</strong> (1/2 cachable lookups)</td>" in rendered
-    outside = report.compiled_outside(document["totals"])
+    assert "<td><strong>1/2 lookups hit (50.0%)</strong></td>" in rendered
+    outside = compiled_outside(document["totals"])
     assert outside.startswith("1 program compiled outside the cachable set")
     assert f"<td>{outside}</td>" in rendered
     assert "<td>4 entries, 4.0 KiB → 5 entries, 5.0 KiB: <strong>changed</strong>" in rendered
@@ -259,7 +234,7 @@ def test_the_job_summary_is_markdown_with_real_tables() -> None:
     assert "<strong>not marked jax_errors</strong>" in rendered
     assert "<td>new program: no earlier session compiled it</td>" in rendered
     assert "<h4>Compiled and not written</h4>" in rendered
-    assert "<td>it has host callbacks, never written</td>" in rendered
+    assert f"<td>{reasons.not_written(reasons.HOST_CALLBACKS)}</td>" in rendered
     assert "<li>a notice | with a pipe</li>" in rendered
 
 

@@ -17,9 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import assert_all_hits, run_command, run_session, write_files
-
-from pytest_jaxcache.cli import PROG
+from helpers import assert_all_hits, jaxcache_argv, run_command, run_session, write_files
 
 pytestmark = pytest.mark.slow
 
@@ -53,9 +51,9 @@ jax_cache_dir = ".jaxcache"
 }
 N_TESTS = 4
 OTHER_CPU = """
-from pytest_jaxcache import jaxhooks
+from pytest_jaxcache.jax import fingerprint
 
-jaxhooks._cpu_features = lambda: "0123456789ab"
+fingerprint._cpu_features = lambda: "0123456789ab"
 """
 
 
@@ -76,7 +74,7 @@ def runner(root: Path, name: str, checkout: str) -> tuple[Path, dict[str, str]]:
 
 
 def key(workspace: Path, env: dict[str, str]) -> str:
-    result = run_command([PROG, "key"], workspace, env=env)
+    result = run_command(jaxcache_argv("key"), workspace, env=env)
     assert result.ret == 0, result.errlines
     [value] = result.outlines
     return value

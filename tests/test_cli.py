@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from helpers import run_command
+from helpers import claimed, entries, run_command
 
 from pytest_jaxcache.bookkeeping import Bookkeeping
+from pytest_jaxcache.formats import format_size
 from pytest_jaxcache.keys import file_name
 from pytest_jaxcache.maintenance import Maintenance, Usage
-from pytest_jaxcache.ownership import adopt
-from pytest_jaxcache.settings import format_size, parse_max_size
+from pytest_jaxcache.settings import parse_max_size
 from pytest_jaxcache.store import Store
 
 # The console script pip installed for this interpreter, and the module form.
@@ -61,7 +61,7 @@ def entry_file(root: Path, index: int) -> Path:
 def filled(root: Path, count: int, size: int = 1000) -> Store:
     """A store holding ``count`` entries, ``key(0)`` the least recently used, each used
     one second after the one before, the last an hour ago."""
-    store = Store(adopt(root, readonly=False))
+    store = Store(claimed(root))
     store.bind(MACHINE, {}, "5e55105e55105e55")
     now = time.time()
     for index in range(count):
@@ -108,7 +108,9 @@ def test_show_counts_recorded_sessions(cli: Cli, tmp_path: Path) -> None:
     bookkeeping.record_session(time.time() - 60, sessions)
     result = cli("show", str(store.root))
     assert result.ret == 0, result.errlines
-    assert any(line.startswith("sessions: 2 recorded, last started ") for line in result.outlines)
+    assert any(
+        line.startswith("sessions: 2 recorded, the last started ") for line in result.outlines
+    )
 
 
 # -- prune --------------------------------------------------------------------------------------
@@ -124,7 +126,7 @@ def test_prune_evicts_least_recently_used_to_the_size(cli: Cli, tmp_path: Path) 
         f"6 entries ({format_size(total)}) -> 3 entries ({format_size(newest)}): "
         "3 evicted, 0 pruned"
     ]
-    assert store.entry_names() == sorted(file_name(key(i)) for i in (3, 4, 5))
+    assert [p.name for p in entries(store.root)] == sorted(file_name(key(i)) for i in (3, 4, 5))
     assert not (store.root / "sessions.json").exists()  # a command-line run is no session
 
 
@@ -146,7 +148,7 @@ def test_prune_after_drops_entries_unused_in_the_last_sessions(cli: Cli, tmp_pat
         f"6 entries ({format_size(6 * entry)}) -> 3 entries ({format_size(3 * entry)}): "
         "0 evicted, 3 pruned"
     ]
-    assert store.entry_names() == sorted(file_name(key(i)) for i in (3, 4, 5))
+    assert [p.name for p in entries(store.root)] == sorted(file_name(key(i)) for i in (3, 4, 5))
 
 
 def test_prune_after_zero_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:

@@ -6,9 +6,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from helpers import claimed, entries
+
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.entry import Metadata, encode, read_metadata
-from pytest_jaxcache.explain import (
+from pytest_jaxcache.environment import describe_change
+from pytest_jaxcache.explain import explain
+from pytest_jaxcache.keys import file_name
+from pytest_jaxcache.reasons import (
     KEY_PARTS,
     NEW_PROGRAM,
     PART_MEANINGS,
@@ -17,15 +22,9 @@ from pytest_jaxcache.explain import (
     REFUSED,
     UNKNOWN_ENVIRONMENT,
     Miss,
-    MissGroup,
-    describe_change,
     describe_parts,
-    explain,
-    summarise,
 )
-from pytest_jaxcache.explain import NEW as NEW_CAUSE
-from pytest_jaxcache.keys import file_name
-from pytest_jaxcache.ownership import adopt
+from pytest_jaxcache.reasons import NEW as NEW_CAUSE
 from pytest_jaxcache.store import Store
 
 H1, H2, H3, H4 = "1" * 64, "2" * 64, "3" * 64, "4" * 64
@@ -104,7 +103,7 @@ def test_only_one_side_records_the_difference() -> None:
 def session_store(root: Path, fingerprint_id: str, fingerprint: dict[str, str] | None) -> Store:
     """A store as a session opens it: adopted, bound to the machine and the session's
     fingerprint id, its fingerprint saved."""
-    store = Store(adopt(root, readonly=False))
+    store = Store(claimed(root))
     store.bind(MACHINE, {}, fingerprint_id)
     if fingerprint is not None:  # else: a session whose fingerprint record is missing
         Bookkeeping(store.directory).save_fingerprint(fingerprint_id, fingerprint)
@@ -118,16 +117,14 @@ def write(store: Store, key: str) -> None:
 
 
 def later_than_every_entry(store: Store) -> float:
-    """A session start strictly after every entry now in the store was written."""
+    """A session start strictly after every entry now in the store was written (told
+    by what the entries say, not by the clock)."""
     newest = 0.0
-    for name in store.entry_names():
-        metadata = read_metadata(store.directory, f"entries/{MACHINE}", name)
+    for path in entries(store.root):
+        metadata = read_metadata(store.directory, f"entries/{MACHINE}", path.name)
         assert metadata is not None
         newest = max(newest, metadata.written_at)
-    now = time.time()
-    while now <= newest:  # wait for the clock to tick past the last write
-        now = time.time()
-    return now
+    return newest + 0.001
 
 
 def test_explain_each_reason(tmp_path: Path) -> None:
@@ -274,22 +271,3 @@ def test_explain_nothing(tmp_path: Path) -> None:
         Miss(f"jit_x-{H1}", NEW_PROGRAM, NEW_CAUSE),
         Miss(f"jit_y-{H1}", refused[f"jit_y-{H1}"], REFUSED),
     ]
-
-
-# -- summarise -------------------------------------------------------------------------------
-
-
-def test_summarise_orders_by_count_with_examples() -> None:
-    """Most frequent reason first; up to three distinct program names each."""
-    misses = [Miss(f"jit_x-{H1}", "rare")]
-    misses += [
-        Miss(f"jit_{p}-{h}", "common")
-        for p, h in [("a", H1), ("a", H2), ("b", H1), ("c", H1), ("d", H1)]
-    ]
-    misses += [Miss(f"jit_y-{H1}", "middle"), Miss(f"jit_z-{H1}", "middle")]
-    assert summarise(misses) == [
-        MissGroup("common", NEW_CAUSE, (), 5, ("jit_a", "jit_b", "jit_c")),
-        MissGroup("middle", NEW_CAUSE, (), 2, ("jit_y", "jit_z")),
-        MissGroup("rare", NEW_CAUSE, (), 1, ("jit_x",)),
-    ]
-    assert summarise([]) == []

@@ -26,6 +26,7 @@ from helpers import (
     RunJax,
     assert_all_hits,
     child_env,
+    claimed,
     cold_session,
     decoded,
     entries,
@@ -36,7 +37,6 @@ from helpers import (
 
 from pytest_jaxcache.entry import HEAD_SIZE
 from pytest_jaxcache.keys import file_name
-from pytest_jaxcache.ownership import adopt
 from pytest_jaxcache.store import Store
 
 pytestmark = pytest.mark.slow
@@ -99,11 +99,13 @@ KILLED_WRITER = """
 import sys
 from pathlib import Path
 
-from pytest_jaxcache.ownership import adopt
+from pytest_jaxcache.ownership import adopt, claim
 from pytest_jaxcache.store import Store
 
 root = Path(sys.argv[1])
-store = Store(adopt(root, readonly=False))
+directory = adopt(root, readonly=False)
+claim(directory)
+store = Store(directory)
 store.bind(sys.argv[4], {}, "killedwriter")
 assert store.get(sys.argv[2]).entry is None
 store.put(sys.argv[2], bytes(int(sys.argv[3])))
@@ -254,7 +256,7 @@ def test_writer_killed_mid_write(run_jax: RunJax, warm_cache: Path) -> None:
     ), (entry.exists(), payload_size(entry), sizes)
 
     # The dead writer's single-flight lock went with it: a miss claims the key at once.
-    store = Store(adopt(warm_cache, readonly=False), lock_timeout_secs=30)
+    store = Store(claimed(warm_cache), lock_timeout_secs=30)
     store.bind(machine, {}, "inspector")
     found = store.get(key).entry
     store.release_claims()

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from helpers import CALLBACKS_CACHED, RunJax, decoded, entries, write_files
 
-from pytest_jaxcache import report
-from pytest_jaxcache.explain import KEY_PARTS, NEW, NEW_PROGRAM, PART_MEANINGS
+from pytest_jaxcache import reasons
+from pytest_jaxcache.reasons import KEY_PARTS, NEW, NEW_PROGRAM, PART_MEANINGS
+from pytest_jaxcache.terminal import compiled_outside
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +132,7 @@ def test_each_changed_part_of_the_key_is_named(pytester: pytest.Pytester, run_ja
     assert compiled["jit_brand_new"] == ("miss", NEW_PROGRAM)
     assert compiled["jit_stable"] == ("hit", "")
     assert miss_line(result, module_changed).split()[0] == "1"
-    assert miss_line(result, module_changed).endswith("(e.g. jit_shaped)")
+    assert miss_line(result, module_changed).endswith("(e.g. jit(shaped))")
 
     env = {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
     result, precise = run_jax(cache, "-p", "no:xdist", env=env)
@@ -243,7 +244,7 @@ def test_programs_not_written_are_named_and_counted_alike_everywhere(
     # The one place the JAX version decides an expectation (see helpers.CALLBACKS_CACHED):
     # up to 0.10 the program with callbacks is never written; from 0.11 it could be, and
     # is kept out by the size threshold like any small program.
-    noisy_why = small_why if CALLBACKS_CACHED else "it has host callbacks, never written"
+    noisy_why = small_why if CALLBACKS_CACHED else reasons.not_written(reasons.HOST_CALLBACKS)
     noisy_outcome = "unwritten" if CALLBACKS_CACHED else "uncachable"
     assert compiled["jit_noisy"] == (noisy_outcome, noisy_why)
     expected_not_written: dict[str, list[str]] = {}  # named as JAX names the compile
@@ -261,17 +262,17 @@ def test_programs_not_written_are_named_and_counted_alike_everywhere(
         name: cachable[name] for name in counted
     }
 
-    fraction = f"{hits}/{hits} cachable lookups hit (100.0%)"
-    outside = report.compiled_outside(totals)
+    fraction = f"{hits}/{hits} lookups hit (100.0%)"
+    outside = compiled_outside(totals)
     assert outside.startswith(f"{totals['outside']} program")
     (quiet_line,) = [line for line in quiet.outlines if line.startswith("jax cache: ")]
     assert fraction in quiet_line
     assert outside in quiet_line
-    assert "hit rate: 100.0% of cachable lookups" in section.outlines
+    assert f"hit rate: {fraction}" in section.outlines
     assert "compiled and not written, by reason:" in section.outlines
     assert any(threshold in line and "jit(small)" in line for line in section.outlines)
     markdown = summary_path.read_text()
-    assert f"**100.0%** ({hits}/{hits} cachable lookups)" in markdown
+    assert f"**{fraction}**" in markdown
     assert outside in markdown
     assert small_why in markdown
 

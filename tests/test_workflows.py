@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ WORKFLOW = PROJECT / ".github" / "workflows" / "ci.yml"
 
 
 def actionlint() -> str:
-    path = shutil.which("actionlint")
+    """The actionlint the test extra installed for this interpreter (its scripts'
+    directory need not be on ``PATH``)."""
+    path = shutil.which("actionlint", path=sysconfig.get_path("scripts"))
     assert path is not None, "actionlint is missing: pip install -e '.[test]'"
     return path
 
