@@ -98,7 +98,7 @@ LOWERING_DIFFERS = (
     "JAX lowered the same jaxpr to another module (its lowering depends on what the "
     "process traced before: jax-ml/jax#40312)"
 )
-# What a difference in each part of JAX's key means (parts named as jax._src.cache_key
+# What a difference in each part of JAX's key means (parts named as JAX's cache_key module
 # names them; the same from JAX 0.6 to 0.12), environment-wide parts first.
 PART_MEANINGS = {
     "jax_lib version": "jaxlib's version differs",

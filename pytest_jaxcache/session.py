@@ -18,7 +18,7 @@ from pytest_jaxcache.cachedir import CacheDir
 from pytest_jaxcache.entry import MAX_ENTRY_BYTES
 from pytest_jaxcache.environment import InstallFacts
 from pytest_jaxcache.jax import importing
-from pytest_jaxcache.jax.installation import Installation
+from pytest_jaxcache.jax.installation import JAX_STORE, Installation
 from pytest_jaxcache.keydump import KeyDump
 from pytest_jaxcache.layout import ENTRIES, NAMESPACE, SUBDIRECTORIES, namespace_dir
 from pytest_jaxcache.maintenance import Maintenance, MaintenanceResult, Usage, jax_files_usage
@@ -249,7 +249,7 @@ class CacheSession:
         from pytest_jaxcache.jax.fingerprint import fingerprint
 
         assert self.store is not None
-        self.fingerprint = fingerprint()
+        self.fingerprint = fingerprint(self.notices)
         session_id = environment.fingerprint_id(self.fingerprint)
         self.store.bind(
             environment.namespace(self.fingerprint),
@@ -437,6 +437,7 @@ class CacheSession:
             or s.store.resigned
             or s.remote.hits
             or s.remote.prefetched  # downloads were written locally too
+            or (s.installed is not None and s.installed.store == JAX_STORE)  # not counted
             for s in shares.values()
         )
         if changed or leftovers or over_cap or self.settings.prune_after_sessions:

@@ -3,8 +3,10 @@ cache directory from a CI step. Every test runs both ways of starting it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import sys
 import sysconfig
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from helpers import claimed, entries, run_command
+from helpers import child_env, claimed, entries, jaxcache_argv, run_command
 
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.formats import format_size
@@ -251,3 +253,56 @@ def test_prune_help_describes_its_options(cli: Cli) -> None:
     assert max_size is not None and "500MB" in max_size.group(1), text
     prune_after = re.search(r"--prune-after N (.*)$", text)
     assert prune_after is not None and "sessions" in prune_after.group(1), text
+
+
+# -- the command line's own truth (issue 16) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["prune", "--max-size", "1500"], ["clear"]])
+def test_prune_and_clear_keep_contents_json_in_step(
+    cli: Cli, tmp_path: Path, command: list[str]
+) -> None:
+    """After prune or clear, contents.json says what ``jaxcache digest`` says: the
+    digest, the entries and the bytes the cache now holds."""
+    store = filled(tmp_path / "cache", 4)
+    Bookkeeping(store.directory).keep_contents(*_contents(store))
+    result = cli(command[0], str(store.root), *command[1:])
+    assert result.ret == 0, result.errlines
+    digest = cli("digest", str(store.root))
+    recorded = json.loads((store.root / "contents.json").read_text())
+    now = usage(store)
+    assert recorded == {"digest": now.digest, "entries": now.entries, "bytes": now.bytes}
+    assert digest.outlines == [now.digest]
+    assert now.entries < 4
+
+
+def _contents(store: Store) -> tuple[str, int, int]:
+    now = usage(store)
+    return now.digest, now.entries, now.bytes
+
+
+def test_show_counts_every_session_and_a_closed_pipe_ends_quietly(cli: Cli, tmp_path: Path) -> None:
+    """Three recorded sessions are three; ``jaxcache show`` into a pipe whose reader has
+    left ends with status 0 and nothing on stderr, as Unix tools do."""
+    store = filled(tmp_path / "cache", 30)
+    bookkeeping = Bookkeeping(store.directory)
+    sessions: list[float] = []
+    for start in (time.time() - 300, time.time() - 200, time.time() - 100):
+        sessions = bookkeeping.record_session(start, sessions)
+    shown = cli("show", str(store.root))
+    assert any(line.startswith("sessions: 3 recorded, ") for line in shown.outlines)
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader has left before the first line is written
+    try:
+        piped = subprocess.run(
+            jaxcache_argv("show", store.root),
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            env=child_env(),
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert (piped.returncode, piped.stderr) == (0, "")

@@ -112,7 +112,8 @@ def test_names_from_a_manifest_are_never_paths(
     assert remote["prefetched"] == 3 and report["cachable"]["hits"] == 3, remote
     assert {path.parent.name for path in entries(checkout / "cache")} == {namespace}
     written_back = json.loads(objects(emulator, url)[manifest])["sessions"]
-    assert all(name not in names for names in written_back for name in hostile)
+    kept = any(name in names for names in written_back for name in hostile)
+    assert kept == (mode == "readonly")  # read-only: the attacker's manifest, untouched
 
 
 def test_a_giant_manifest_is_ignored_and_never_written_back(tmp_path: Path, s3: Emulator) -> None:
@@ -190,15 +191,15 @@ def test_a_stalled_remote_costs_each_process_one_call_at_most(tmp_path: Path, s3
             tmp_path,
             "--jax-cache-dir=cache",
             f"--jax-cache-remote={url}",
-            "--jax-cache-remote-timeout=2",
+            "--jax-cache-remote-timeout=5",
             "-n",
             "2",
             env={**s3.env, "FSSPEC_S3_ENDPOINT_URL": proxy.endpoint},
         )
     result.assert_outcomes(passed=3)
     off = report["remote"]["off"]
-    assert off is not None and "no answer within 2 s" in off, report["remote"]
+    assert off is not None and "no answer within 5 s" in off, report["remote"]
     assert any(f"remote {url} turned off: {off}" in line for line in result.outlines)
     processes = 3  # the controller and two workers
-    assert 1 <= len(proxy.stalled) <= processes, proxy.stalled
+    assert len(proxy.stalled) <= processes, proxy.stalled
     assert len(list((tmp_path / "cache" / "locks").glob("remote-*.off"))) == 1

@@ -320,3 +320,58 @@ def test_explain_writes_key_inputs_to_diff(pytester: pytest.Pytester, run_jax: R
     assert "computation.mlir" in diff.stdout
     assert "tensor<4xf32>" in diff.stdout
     assert "XLA_flags" not in diff.stdout  # the parts that did not change are equal
+
+
+# -- misses nobody caused, and misses counted once under xdist ------------------------------
+
+UNSTABLE_SUITE = {
+    "test_unstable.py": """
+        import os
+        import time
+
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+        import pytest
+
+        # Drawn from a fresh key each run: the module embeds other constants each time.
+        NOISE = jax.random.normal(jax.random.key(time.time_ns() % 2**31), (4,))
+        SCALE = float(os.environ.get("SCALE", "2.0"))
+
+
+        def test_closes_over_fresh_noise():
+            noisy = jax.jit(lambda x: jnp.sin(x) * NOISE)
+            assert noisy(jnp.ones(4)).shape == (4,)
+
+
+        @pytest.mark.parametrize("n", [3, 5, 7])
+        def test_edited(n):
+            edited = jax.jit(lambda x: jnp.cos(x) * SCALE)
+            x = np.linspace(0.0, 1.0, n, dtype=np.float32)
+            np.testing.assert_allclose(np.asarray(edited(x)), np.cos(x) * SCALE, rtol=1e-5)
+    """
+}
+
+
+@pytest.mark.parametrize("workers", [["-p", "no:xdist"], ["-n", "2"]], ids=["serial", "n2"])
+def test_misses_nobody_caused_are_named_and_counted_once(
+    pytester: pytest.Pytester, run_jax: RunJax, workers: list[str]
+) -> None:
+    """A program closed over an array drawn from a fresh random key misses on every
+    warm run: said as constants captured by the program (with the test), apart from
+    the edited function, whose three shapes each miss once, compared with their own
+    earlier shape (not doubled by xdist, and without a second reason)."""
+    write_files(pytester.path, UNSTABLE_SUITE)
+    result, cold = run_jax("--jax-cache-dir=cache", *workers)
+    result.assert_outcomes(passed=4)
+    assert groups(cold) == {NEW_PROGRAM: (NEW, [], cold["totals"]["misses"])}
+    result, warm = run_jax("--jax-cache-dir=cache", *workers, env={"SCALE": "3.0"})
+    result.assert_outcomes(passed=4)
+    assert groups(warm) == {
+        reasons.CONSTANTS_DIFFER: (reasons.CONSTANTS, ["computation"], 1),
+        PART_MEANINGS["computation"]: (KEY_PARTS, ["computation"], 3),
+    }
+    [constants] = [group for group in warm["misses"] if group["cause"] == reasons.CONSTANTS]
+    assert constants["tests"] == ["test_unstable.py::test_closes_over_fresh_noise"]
+    assert miss_line(result, reasons.CONSTANTS_DIFFER).split()[0] == "1"
+    assert "in test_unstable.py::test_closes_over_fresh_noise" in map(str.strip, result.outlines)

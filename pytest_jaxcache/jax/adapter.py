@@ -133,6 +133,10 @@ def install_store(
     adapter = _adapter_class(interface)(store, recorder, installation, key_parts, key_dump)
     verification = seams.find(seams.VERIFICATION_CACHE)
     check = seams.find(seams.CHECK_CONTENTS)
+    if seams.present(check) and not seams.present(verification):  # a flag we cannot honour
+        installation.notices.append(seams.missing(seams.VERIFICATION_CACHE))
+    if seams.present(verification) and not seams.present(check):
+        installation.notices.append(seams.missing(seams.CHECK_CONTENTS))
     root = os.path.realpath(store.root)
 
     def ours(path: str) -> Any:

@@ -19,13 +19,15 @@ from pytest_jaxcache.jax import seams
 from pytest_jaxcache.jax.importing import import_jax, version
 
 
-def fingerprint() -> dict[str, str]:
-    """This process's fingerprint (call it once a backend exists: the first compile)."""
+def fingerprint(notices: list[str] | None = None) -> dict[str, str]:
+    """This process's fingerprint (call it once a backend exists: the first compile);
+    what it could not read off this JAX is added to ``notices``."""
+    notices = [] if notices is None else notices
     jax = import_jax()
     result = {
         env.JAXLIB: version("jaxlib") or "?",
         env.JAX: version("jax") or "?",
-        env.JAXLIB_BUILD: _jaxlib_build(),
+        env.JAXLIB_BUILD: _jaxlib_build(notices),
         env.PYTHON: platform.python_version(),
         env.OS: platform.system(),
         env.MACHINE: platform.machine(),
@@ -34,8 +36,8 @@ def fingerprint() -> dict[str, str]:
     }
     for name in env.KEY_CONFIG:
         result[name] = str(getattr(jax.config, name, "?"))
-    result[env.COMPRESSION] = _compression()
-    result.update(_backends())
+    result[env.COMPRESSION] = _compression(notices)
+    result.update(_backends(notices))
     return result
 
 
@@ -49,32 +51,33 @@ def fingerprint_outside_a_session(xla_caches: str) -> dict[str, str]:
     return fingerprint()
 
 
-def _compression() -> str:
-    """ "zstandard" when JAX compresses entries with zstd, else "zlib"."""
-    for private in (seams.ZSTD, seams.ZSTANDARD):
-        found = seams.find(private)
-        if seams.present(found) and found is not None:
-            return "zstandard"
-    return "zlib"
+def _compression(notices: list[str]) -> str:
+    """Whether JAX compresses entries with zstandard (``zstandard``) or zlib."""
+    found = [seams.find(private) for private in (seams.ZSTD, seams.ZSTANDARD)]
+    if not any(seams.present(module) for module in found):
+        notices.append(seams.missing(seams.ZSTANDARD))
+        return "?"
+    return "zstandard" if any(seams.present(m) and m is not None for m in found) else "zlib"
 
 
-def _jaxlib_build() -> str:
+def _jaxlib_build(notices: list[str]) -> str:
     """What tells one jaxlib build from another of the same version: its git revision
-    (absent from some wheels) and the version of its extension module."""
+    (empty in some wheels) and the version of its extension module."""
     parts = []
-    git_hash = seams.find(seams.GIT_HASH)
-    if seams.present(git_hash) and git_hash:
-        parts.append(str(git_hash)[:12])
-    extension = seams.find(seams.EXTENSION_VERSION)
-    if seams.present(extension):
-        parts.append(str(extension))
+    for private in (seams.GIT_HASH, seams.EXTENSION_VERSION):
+        found = seams.find(private)
+        if not seams.present(found):
+            notices.append(seams.missing(private))
+        elif found:
+            parts.append(str(found)[:12])
     return " ".join(parts) or "?"
 
 
-def _backends() -> dict[str, str]:
+def _backends(notices: list[str]) -> dict[str, str]:
     """Platform facts, read only from backends the tests already initialised."""
     backends = seams.find(seams.BACKENDS)
-    if not seams.present(backends) or not isinstance(backends, dict):
+    if not isinstance(backends, dict):
+        notices.append(seams.missing(seams.BACKENDS, "a dict of backends"))
         return {}
     result = {}
     for name, backend in sorted(dict(backends).items()):

@@ -55,11 +55,10 @@ def install(
         _configure(jax, installation, settings, location, our_store=store is not None)
         if location is not None:  # runs last on uninstall: JAX forgets our store
             installation.add_undo("reset JAX's cache", _reset)
-        key_parts = keyparts.capture(installation) if store is not None else None
+        key_parts = None if store is None else keyparts.capture(installation, store.stats.note)
         if store is not None and not adapter.install_store(
             installation, store, recorder, key_parts, key_dump
         ):
-            installation.notices.append(f"using {JAX_STORE} (no atomic writes)")
             _configure(jax, installation, settings, location, our_store=False)
             store = key_parts = None
         after = [key_parts.forget] if key_parts is not None else []

@@ -23,7 +23,6 @@ from pytest_jaxcache.jax.installation import Installation
 
 _Hashing = TypeVar("_Hashing")  # what JAX's hash functions feed: anything with update()
 UNHASHABLE = "unhashable"  # a part's digest when it could not be hashed again
-_CONSTANT = re.compile(r"dense<[^<>]*>")
 _MAIN = re.compile(r"func\.func public @main\((.*)")
 _TENSOR = re.compile(r"tensor<[^<>]*>")
 _MAX_INPUTS_TEXT = 200
@@ -33,9 +32,9 @@ class KeyParts:
     """The parts of the cache keys JAX computes in this thread's compile, each with the
     function JAX hashed it with, and the module the key was computed for."""
 
-    def __init__(self) -> None:
+    def __init__(self, note: Callable[[str], None]) -> None:
         self._local = threading.local()
-        self.errors: list[str] = []  # parts that could not be hashed again, and why
+        self._note = note  # what could not be hashed or printed again, for the report
 
     def _keys(self) -> dict[str, list[tuple[str, Any]]]:
         keys: dict[str, list[tuple[str, Any]]] | None = getattr(self._local, "keys", None)
@@ -62,15 +61,14 @@ class KeyParts:
 
     def _rehash(self, key: str, make: Callable[[], _Hashing]) -> dict[str, _Hashing | None]:
         """Feed each of ``key``'s parts again, as JAX hashed it, to a fresh ``make()``;
-        ``None`` for a part that cannot be hashed again (noted in :attr:`errors`)."""
+        ``None`` for a part that cannot be hashed again (noted for the report)."""
         fed: dict[str, _Hashing | None] = {}
         for name, hashfn in self._keys().get(key, []):
             target = make()
             try:
                 hashfn(target)
             except Exception as error:  # JAX's own hash function: anything may go wrong
-                if len(self.errors) < 10:
-                    self.errors.append(f"key part {name!r}: {type(error).__name__}: {error}")
+                self._note(f"key part {name!r}: {type(error).__name__}: {error}")
                 fed[str(name)] = None
                 continue
             fed[str(name)] = target
@@ -94,9 +92,10 @@ class KeyParts:
         }
 
     def module_text(self, *, constants: bool = True) -> str | None:
-        """The lowered module of this thread's compile, as text without locations
-        (``constants=False``: every constant printed as ``dense<?>``); ``None`` when
-        it is unknown or cannot be printed."""
+        """The lowered module of this thread's compile, as text (``constants=False``:
+        without locations, and every constant array, as opposed to a scalar or a value
+        repeated, printed as elided: what a program closed over, not what its code
+        says); ``None`` when it is unknown or cannot be printed."""
         module = getattr(self._local, "module", None)
         if module is None:
             return None
@@ -105,14 +104,14 @@ class KeyParts:
                 return str(module)
             text = module.operation.get_asm(large_elements_limit=0, enable_debug_info=False)
         except (AttributeError, TypeError, RuntimeError, ValueError) as error:
-            if len(self.errors) < 10:
-                self.errors.append(f"print the module: {type(error).__name__}: {error}")
+            self._note(f"print the module: {type(error).__name__}: {error}")
             return None
-        return _CONSTANT.sub("dense<?>", str(text))
+        return str(text)
 
     def facts(self) -> dict[str, str]:
         """What explains a later miss of this thread's program besides its key's parts:
-        its input and output types, and a digest of its module without constants."""
+        its input and output types, and a digest of its module without the arrays it
+        closed over."""
         text = self.module_text(constants=False)
         if text is None:
             return {}
@@ -136,7 +135,7 @@ class _Collect:
         self.chunks.append(bytes(data))
 
 
-def capture(installation: Installation) -> KeyParts | None:
+def capture(installation: Installation, note: Callable[[str], None]) -> KeyParts | None:
     """Install step: hear the parts of each cache key as JAX hashes them (to explain a
     later miss by the part that changed). Without the seam, misses are explained by the
     environment only (one notice)."""
@@ -158,7 +157,7 @@ def capture(installation: Installation) -> KeyParts | None:
             seams.missing(seams.LOG_CACHE_KEY_HASH, "hash_obj, last_serialized, hashfn")
         )
         return None
-    parts = KeyParts()
+    parts = KeyParts(note)
 
     def log_cache_key_hash(hash_obj: Any, last_serialized: str, hashfn: Any) -> Any:
         parts.collect(last_serialized, hashfn)

@@ -55,17 +55,20 @@ CACHE_INTERFACE = Private(
     "the interface (get, put) our store implements for JAX",
     _STORE_FALLBACK,
 )
+# JAX 0.6 has neither (nor the flag): missing together, they are no loss.
 VERIFICATION_CACHE = Private(
     "jax._src.compilation_cache",
     "VerificationCache",
     "jax_compilation_cache_check_contents: JAX checks what a cache returns",
     "jax_compilation_cache_check_contents is not honoured with our store",
+    ("0.10.2", "0.12.0.1"),
 )
 CHECK_CONTENTS = Private(
     "jax._src.config",
     "compilation_cache_check_contents",
     "whether jax_compilation_cache_check_contents is on",
     "jax_compilation_cache_check_contents is not honoured with our store",
+    ("0.10.2", "0.12.0.1"),
 )
 COMPILE_OR_GET_CACHED = Private(
     "jax._src.compiler",
@@ -110,17 +113,19 @@ GIT_HASH = Private(
     "tells one jaxlib build from another",
     "jaxlib builds are told apart by their extension version only",
 )
+# Either tells the compression (JAX 0.6 has only ``zstandard``): one is enough.
 ZSTD = Private(
     "jax._src.compilation_cache",
     "zstd",
-    "whether JAX compresses entries with zstandard (part of every key)",
-    "the compression is read from zstandard alone",
+    "whether JAX compresses entries with zstd (Python 3.14's compression.zstd)",
+    "the fingerprint does not tell the compression",
+    ("0.10.2", "0.12.0.1"),
 )
 ZSTANDARD = Private(
     "jax._src.compilation_cache",
     "zstandard",
     "whether JAX compresses entries with zstandard (part of every key)",
-    "the compression is read from zstd alone",
+    "the fingerprint does not tell the compression",
 )
 CACHED_LOWERING = Private(
     "jax._src.interpreters.pxla",

@@ -38,7 +38,8 @@ _UNWRITTEN_MESSAGES: tuple[tuple[str, str, Callable[[tuple[Any, ...]], str]], ..
     ("since cache is disabled/not initialized", reasons.CACHE_NOT_INITIALISED, lambda a: ""),
     ("unable to generate cache key", reasons.NO_KEY, lambda args: str(args[-1])),
 )
-LOGGERS = ("jax._src.compiler", "jax._src.compilation_cache")
+# Where JAX logs it: the modules of compile_or_get_cached and of its cache.
+LOGGERS = (seams.COMPILE_OR_GET_CACHED.module, seams.GET_FILE_CACHE.module)
 _CAPTURING = 1  # below DEBUG: a level nobody else sets, so it tells that it is ours
 
 
