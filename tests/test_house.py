@@ -48,7 +48,7 @@ def modules() -> dict[str, Path]:
 def imports(path: Path) -> set[str]:
     """The package's modules that ``path`` imports (at run time or for types)."""
     tree = ast.parse(path.read_text())
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == "pytest_jaxcache":
