@@ -29,7 +29,7 @@ def _dest(option: settings.Option[Any]) -> str:
     return f"jaxcache_{option.attr}"
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     group = parser.getgroup("jaxcache", "JAX persistent compilation cache (pytest-jaxcache)")
     for option in settings.OPTIONS:
         names = [f"ini {option.ini}"] if option.ini else []
@@ -40,6 +40,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(option.cli, dest=_dest(option), default=None, help=help_text, **kind)
         if option.ini is not None:
             parser.addini(option.ini, help_text, default=None)
+    from pytest_jaxcache.xdist import DistChoice  # --dist=jaxcache, once xdist's options exist
+
+    pluginmanager.register(DistChoice(parser), "jaxcache-dist-choice")
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -131,11 +134,11 @@ def _open_session(resolved: settings.Settings) -> CacheSession:
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in markers.DESCRIPTIONS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
+    session = config.stash.get(SESSION, None)
     if config.pluginmanager.hasplugin("xdist"):
         from pytest_jaxcache.xdist import XdistHooks
 
-        config.pluginmanager.register(XdistHooks(), "jaxcache-xdist")
-    session = config.stash.get(SESSION, None)
+        config.pluginmanager.register(XdistHooks(config, session), "jaxcache-xdist")
     if session is None:
         return
     from pytest_jaxcache import roles
@@ -147,7 +150,7 @@ def pytest_configure(config: pytest.Config) -> None:
         session.become_worker(str(workerinput.get("workerid", "?")), workerinput.get(EXCHANGE_KEY))
         role: object = roles.Worker(session)
     elif _distributes(config):
-        session.measure_before()
+        session.measure_before(scheduled=getattr(config.option, "dist", "") == "jaxcache")
         role = roles.Controller(session)
     else:
         session.measure_before()

@@ -39,6 +39,21 @@ class _Tests:
         self._outcome = "passed"
         self._bypass: contextlib.ExitStack | None = None
 
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        """With ``--jax-cache-shard``: keep this shard's tests, deselect the others."""
+        if self.session.settings.shard is None:
+            return
+        from pytest_jaxcache.error_checks import is_marked
+
+        marked = {item.nodeid for item in items if is_marked(item)}
+        chosen = self.session.select_shard([item.nodeid for item in items], marked)
+        deselected = [item for item in items if item.nodeid not in chosen]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if item.nodeid in chosen]
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         found = tuple(name for name in markers.DESCRIPTIONS if item.get_closest_marker(name))
@@ -112,6 +127,19 @@ class _Reports:
                     f"could not write the job summary to {resolved.summary_path}: "
                     f"{error.strerror or error}"
                 )
+        if resolved.timeline_path is not None:
+            from pytest_jaxcache import timeline
+
+            try:
+                write_text(
+                    resolved.timeline_path,
+                    timeline.html(timeline.bars_of(snapshot), title="pytest-jaxcache timeline"),
+                )
+            except OSError as error:
+                notices.append(
+                    f"could not write the timeline to {resolved.timeline_path}: "
+                    f"{error.strerror or error}"
+                )
         from pytest_jaxcache.snapshot import unmarked_uncachable
 
         if resolved.strict and unmarked_uncachable(snapshot):
@@ -178,8 +206,12 @@ class Controller(_Reports):
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.write_text(text, encoding="utf-8")
 
 
 def append_text(path: Path, text: str) -> None:

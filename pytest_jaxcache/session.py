@@ -12,16 +12,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_jaxcache import environment, explain, keys, ownership, snapshot, trust
+from pytest_jaxcache import environment, explain, history, keys, ownership, shards, snapshot, trust
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import CacheDir
 from pytest_jaxcache.entry import MAX_ENTRY_BYTES
 from pytest_jaxcache.environment import InstallFacts
+from pytest_jaxcache.history import History
 from pytest_jaxcache.jax import importing
 from pytest_jaxcache.jax.installation import JAX_STORE, Installation
 from pytest_jaxcache.keydump import KeyDump
 from pytest_jaxcache.layout import ENTRIES, NAMESPACE, SUBDIRECTORIES, namespace_dir
-from pytest_jaxcache.maintenance import Maintenance, MaintenanceResult, Usage, jax_files_usage
+from pytest_jaxcache.maintenance import (
+    ENTRY,
+    Maintenance,
+    MaintenanceResult,
+    Usage,
+    jax_files_usage,
+    usage_of,
+)
 from pytest_jaxcache.reasons import HIT, MISS, Miss
 from pytest_jaxcache.recorder import Recorder
 from pytest_jaxcache.remote import Remote
@@ -66,6 +74,12 @@ class CacheSession:
     workers: dict[str, WorkerReport] = field(default_factory=dict)
     lost_workers: list[str] = field(default_factory=list)
     key_dump: KeyDump | None = None
+    # What predicts each test's cost (shards, --dist=jaxcache): the history of earlier
+    # sessions and the entries the cache held when this session started.
+    history: History = field(default_factory=History)
+    present: frozenset[str] = frozenset()
+    shard: dict[str, Any] | None = None  # which tests this shard ran, and their prediction
+    _prefetch_names: set[str] | None = None  # a shard prefetches its own tests' entries
     _cancel_install: Callable[[], None] = lambda: None
     _misses: list[Miss] | None = None
     _snapshot: dict[str, Any] | None = None
@@ -261,21 +275,64 @@ class CacheSession:
                 Bookkeeping(self.store.directory).save_fingerprint(session_id, self.fingerprint)
             except OSError as error:
                 self.store.stats.note(f"fingerprint: {why_not(error)}")
-        if self.remote is not None and self.settings.prefetch and not self.store.readonly:
-            self.remote.prefetch(self.store, session_id)
+        self._prefetch()
 
-    def measure_before(self) -> None:
-        self.before = self._usage()
+    def _prefetch(self) -> None:
+        """Download ahead what earlier sessions used (a shard: what its own tests used)."""
+        store, remote = self.store, self.remote
+        if remote is None or store is None or not self.settings.prefetch or store.readonly:
+            return
+        if self.settings.shard is not None and self._prefetch_names is None:
+            return  # the shard's tests are not known yet: prefetch once they are
+        session_id = environment.fingerprint_id(self.fingerprint)
+        remote.prefetch(store, session_id, self._prefetch_names)
 
-    def _usage(self) -> Usage | None:
+    def measure_before(self, *, scheduled: bool = False) -> None:
+        """What the cache holds as the session starts (the controller, or alone); with a
+        shard or ``--dist=jaxcache``, also what predicts each test's cost."""
+        predicts = scheduled or self.settings.shard is not None
+        self.before = self._usage(keep_names=predicts)
+        if predicts and self.store is not None:
+            self.history = history.load(self.store.directory)
+
+    def _usage(self, *, keep_names: bool = False) -> Usage | None:
         try:
             if self.store is not None:
-                return Maintenance(self.store.directory).usage()
+                items = Maintenance(self.store.directory).inventory()
+                if keep_names:
+                    self.present = frozenset(item.name for item in items if item.kind == ENTRY)
+                return usage_of(items)
             if self.directory is not None:
                 return jax_files_usage(self.directory)
         except OSError as error:
             self.notices.append(f"cannot measure {self.settings.where}: {why_not(error)}")
         return None
+
+    # -- shards -------------------------------------------------------------------------
+
+    def select_shard(self, nodeids: list[str], marked: set[str]) -> set[str]:
+        """The tests of this session's shard (every test in exactly one shard of the
+        same history, entries and collection), and, with a remote, what it prefetches:
+        the entries its own tests used before."""
+        shard = self.settings.shard
+        assert shard is not None
+        chosen, predicted = shards.select(nodeids, shard, self.history, self.present, marked)
+        self.shard = {
+            "index": shard.index,
+            "count": shard.count,
+            "tests": len(chosen),
+            "collected": len(nodeids),
+            "predicted_secs": predicted,
+            "history": len(self.history.tests),
+        }
+        names: set[str] = set()
+        for nodeid in chosen:
+            cost = self.history.tests.get(nodeid)
+            names.update(cost.programs if cost is not None else ())
+        self._prefetch_names = names
+        if self.store is not None and self.store.machine:  # the first compile came first
+            self._prefetch()
+        return set(chosen)
 
     # -- xdist ------------------------------------------------------------------------
 
@@ -286,13 +343,22 @@ class CacheSession:
         self.recorder.worker = worker_id
         if controller is not None:
             self.started_at = float(controller["started_at"])
+            if "history" in controller:
+                self.history = history.parse(str(controller["history"]).encode())
+                self.present = frozenset(str(name) for name in controller["present"])
             if self.store is not None:
                 self.store.session_started = self.started_at
             if self.remote is not None and self.store is not None:
                 self.remote.tell_others_through(self.store.directory, self._session_id())
 
     def controller_input(self) -> dict[str, Any]:
-        return {"started_at": self.started_at}
+        """What every worker must share with the controller: the session's start, and
+        what predicts costs (so that every worker of a shard selects the same tests)."""
+        sent: dict[str, Any] = {"started_at": self.started_at}
+        if self.settings.shard is not None:
+            sent["history"] = self.history.to_json().decode()
+            sent["present"] = sorted(self.present)
+        return sent
 
     def absorb(self, worker: str, report: WorkerReport) -> None:
         """Keep a finished worker's share for the snapshot."""
@@ -357,6 +423,7 @@ class CacheSession:
             remote_off=self.remote.off_reason if self.remote is not None else "",
             prefetched=sorted(self.remote.prefetched) if self.remote is not None else [],
             fingerprint=dict(self.fingerprint),
+            shard=self.shard,
         )
 
     def _compiles(self) -> list[Any]:
@@ -408,11 +475,24 @@ class CacheSession:
                 after=self.after,
                 maintenance=self.maintenance,
                 durations=self.settings.durations,
+                wall_secs=time.time() - self.started_at,
             ),
             remote=remote,
             lost_workers=self.lost_workers,
         )
+        self._keep_history(self._snapshot)
         return self._snapshot
+
+    def _keep_history(self, data: dict[str, Any]) -> None:
+        """What each test cost, for the next session's shards and scheduler."""
+        fingerprint = self._fingerprint()
+        if self.store is None or self.store.readonly or not fingerprint:
+            return
+        session = history.of_session(data["tests"], data["compiles"])
+        try:
+            history.save(self.store.directory, environment.namespace(fingerprint), session)
+        except OSError as error:
+            data["cache"]["notices"].append(f"could not keep the tests' history: {why_not(error)}")
 
     def _maintain(self, shares: dict[str, WorkerReport]) -> None:
         if self.store is None:

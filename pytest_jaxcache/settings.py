@@ -40,6 +40,42 @@ class StoreKind(enum.Enum):
     JAX = "jax"
 
 
+class Lowering(enum.Enum):
+    """The lowering tier: off, on (serve lowered modules), verify (lower anyway, compare)."""
+
+    OFF = "off"
+    ON = "on"
+    VERIFY = "verify"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (1-based) of ``count``."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+MAX_SHARDS = 1000
+_SHARD = re.compile(r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*")
+
+
+def parse_shard(text: str, _base: Path | None = None) -> Shard | None:
+    """``"2/4"`` -> shard 2 of 4 (empty: none)."""
+    if not text.strip():
+        return None
+    match = _SHARD.fullmatch(text)
+    if match is None:
+        raise ValueError(f"expected K/N such as 2/4, got {_short(text)}")
+    index, count = int(match.group(1)), int(match.group(2))
+    if not 1 <= index <= count <= MAX_SHARDS:
+        raise ValueError(f"expected 1 <= K <= N <= {MAX_SHARDS}, got {index}/{count}")
+    return Shard(index, count)
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a resolved value came from, for error messages and the report header."""
@@ -373,6 +409,19 @@ EXPLAIN_DIR = Option[Path | None]("explain_dir", parse_path, None, metavar="PATH
     cli="--jax-cache-explain-dir", ini="jax_cache_explain_dir",
     help=f"where --jax-cache-explain writes (default: {DEFAULT_EXPLAIN_DIR} in the "
     "invocation directory)")
+SHARD = Option[Shard | None]("shard", parse_shard, None, metavar="K/N",
+    cli="--jax-cache-shard", ini="jax_cache_shard", env="JAX_CACHE_SHARD",
+    help="run shard K of N (a CI matrix job): every test in exactly one shard, the shards "
+    "balanced by each test's predicted cost (earlier sessions, and which programs the "
+    "cache holds now)")
+TIMELINE = Option[Path | None]("timeline_path", parse_path, None, metavar="FILE.html",
+    cli="--jax-cache-timeline", ini="jax_cache_timeline",
+    help="write a timeline of the session (a row per worker, a bar per test: compiling, "
+    "loading, running) as one self-contained HTML file")
+LOWERING = Option[Lowering]("lowering", _choice(Lowering), Lowering.OFF,
+    cli="--jax-cache-lowering", ini="jax_cache_lowering", env="JAX_CACHE_LOWERING",
+    help="off (default), on: serve lowered modules from the cache and skip lowering on "
+    "warm runs, verify: lower anyway and check the cached module is the same")
 # fmt: on
 
 OPTIONS: tuple[Option[Any], ...] = (
@@ -397,6 +446,9 @@ OPTIONS: tuple[Option[Any], ...] = (
     LOAD_UNVERIFIED,
     EXPLAIN,
     EXPLAIN_DIR,
+    SHARD,
+    TIMELINE,
+    LOWERING,
 )
 
 
@@ -425,6 +477,9 @@ class Settings:
     load_unverified: bool = LOAD_UNVERIFIED.default
     explain: tuple[str, ...] = EXPLAIN.default
     explain_dir: Path | None = EXPLAIN_DIR.default
+    shard: Shard | None = SHARD.default
+    timeline_path: Path | None = TIMELINE.default
+    lowering: Lowering = LOWERING.default
     sources: Mapping[str, Source] = field(default_factory=dict)
 
     def source(self, option: Option[Any]) -> Source:

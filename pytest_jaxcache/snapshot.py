@@ -42,6 +42,9 @@ The snapshot is the JSON document. Schema ``pytest-jaxcache/report``, version 2
     slowest_compiling[]: {nodeid, phase, compile_secs, compiled, hits, retrieval_secs}
     slowest_loading[]: the same, for phases whose time went to loading hits
     phases_compiling, phases_loading: how many phases compiled, or mostly loaded
+    shard:    null, or {index, count, tests, collected, predicted_secs (the sum of its
+              tests' predicted costs), history (tests known), tests_secs (what they
+              took), wall_secs (the session's wall)}
     workers:  {id: {store{...}, tests, misses[] (its own: {key, reason, cause, parts}),
               installed{store, jax, jaxlib}}}
     lost_workers[]
@@ -88,6 +91,7 @@ class CacheState:
     after: Any = None
     maintenance: Any = None  # maintenance.MaintenanceResult | None
     durations: int = 10  # how many slowest phases to keep (0: all, -1: none)
+    wall_secs: float = 0.0  # the session's wall time so far
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,7 @@ def build(
             for worker, share in ordered
             if worker
         },
+        "shard": _shard(ordered, tests, cache.wall_secs),
         "lost_workers": list(lost_workers),
         "cache_warnings": [w for _, s in ordered for w in s.records.cache_warnings],
         "listener_errors": [e for _, s in ordered for e in s.records.listener_errors],
@@ -244,6 +249,17 @@ def _test_json(record: TestRecord) -> dict[str, Any]:
         "outcome": record.outcome,
         "phases": {phase: asdict(counts) for phase, counts in record.phases.items()},
     }
+
+
+def _shard(
+    ordered: list[tuple[str, WorkerReport]], tests: list[TestRecord], wall_secs: float
+) -> dict[str, Any] | None:
+    """Which shard ran, how many tests it had, what it predicted and what it took."""
+    selected = next((s.shard for _, s in ordered if s.shard is not None), None)
+    if selected is None:
+        return None
+    ran = [t for t in tests if t.nodeid != OUTSIDE_TESTS and t.outcome]
+    return {**selected, "tests_secs": sum(t.wall_secs for t in ran), "wall_secs": wall_secs}
 
 
 def _changed(cache: CacheState) -> bool | None:

@@ -71,6 +71,7 @@ def markdown(snapshot: dict[str, Any]) -> str:
         rows.append(["Remote", _cell(f"{remote['url']} ({remote['mode']}): {state}")])
     lines = ["### JAX compilation cache", "", *_table(["", ""], ["---", "---"], rows), ""]
     lines += _slowest(snapshot)
+    lines += _timeline(snapshot)
     lines += _uncachable(snapshot)
     lines += _not_written(snapshot)
     lines += _misses(snapshot)
@@ -103,6 +104,23 @@ def _slowest(snapshot: dict[str, Any]) -> list[str]:
             ["---:", "---", "---", "---:", "---:"],
             table,
         ),
+        "",
+        "</details>",
+        "",
+    ]
+
+
+def _timeline(snapshot: dict[str, Any]) -> list[str]:
+    """The longest tests on a gantt chart (GitHub renders Mermaid)."""
+    from pytest_jaxcache import timeline
+
+    bars = timeline.bars_of(snapshot)
+    if not bars:
+        return []
+    return [
+        "<details><summary>Timeline of the longest tests</summary>",
+        "",
+        timeline.mermaid(bars),
         "",
         "</details>",
         "",

@@ -38,6 +38,7 @@ class WorkerReport:
     remote_off: str = ""  # why this process turned the remote tier off ("": it did not)
     prefetched: list[str] = field(default_factory=list)  # entries it downloaded ahead
     fingerprint: dict[str, str] = field(default_factory=dict)  # stamped on its entries
+    shard: dict[str, Any] | None = None  # a shard's selection: what it ran and predicted
 
     def to_builtins(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class WorkerReport:
             "remote_off": self.remote_off,
             "prefetched": list(self.prefetched),
             "fingerprint": dict(self.fingerprint),
+            "shard": None if self.shard is None else dict(self.shard),
         }
 
     @classmethod
@@ -79,6 +81,7 @@ class WorkerReport:
             remote_off=str(data["remote_off"]),
             prefetched=[str(name) for name in data["prefetched"]],
             fingerprint={str(k): str(v) for k, v in data["fingerprint"].items()},
+            shard=None if data["shard"] is None else dict(data["shard"]),
         )
 
 
