@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_jaxcache import error_checks
+from pytest_jaxcache.markers import ERRORS
 
 DIST = "jaxcache"  # --dist=jaxcache: the scheduler of pytest_jaxcache.scheduler
 MARKED_KEY = "jaxcache_marked"  # in workerinput: where workers write their marked tests
@@ -44,6 +45,28 @@ class DistChoice:
             add_dist_choice(self.parser)
 
 
+LOADGROUP_ISSUE = "https://github.com/pytest-dev/pytest-xdist/issues/1386"
+
+
+class LoadgroupCheck:
+    """On a worker under ``--dist loadgroup``: whether xdist's ``@group`` suffix reached
+    the marked tests' ids (pytest 9.2 keeps ids where xdist 3.8 cannot change them). When
+    it did not, say so once: ``--dist=jaxcache`` keeps them together regardless."""
+
+    def __init__(self, notices: list[str]) -> None:
+        self.notices = notices
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        lost = [item for item in items if error_checks.is_marked(item) and "@" not in item.nodeid]
+        if lost:
+            self.notices.append(
+                f"--dist loadgroup did not group {len(lost)} {ERRORS} tests with "
+                f"pytest {pytest.__version__} ({LOADGROUP_ISSUE}): they may share workers "
+                "with other tests; --dist=jaxcache keeps them on one worker"
+            )
+
+
 class XdistHooks:
     """xdist hooks, in a class so that they exist only when xdist does. ``state`` gives
     the scheduler what the cache knows (history, entries present) when a cache is on."""
@@ -53,6 +76,9 @@ class XdistHooks:
         self.state = state  # a CacheSession, or None without a cache
         self.notices: list[str] = []
         self._marked_dir: str | None = None
+        if getattr(config.option, "loadgroup", False):  # a worker under --dist loadgroup
+            notices = state.notices if state is not None else self.notices
+            config.pluginmanager.register(LoadgroupCheck(notices), "jaxcache-loadgroup-check")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
