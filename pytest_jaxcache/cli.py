@@ -18,8 +18,10 @@ from pytest_jaxcache import keys, ownership, settings
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import CacheDir
 from pytest_jaxcache.cikey import DEFAULT_PREFIX
+from pytest_jaxcache.entry import MAX_ENTRY_BYTES
 from pytest_jaxcache.formats import format_size
-from pytest_jaxcache.maintenance import ENTRY, OLD, Maintenance, usage_of
+from pytest_jaxcache.maintenance import ENTRY, OLD, Maintenance, Merged, usage_of
+from pytest_jaxcache.maintenance import merge as merge_caches
 
 PROG = "jaxcache"
 
@@ -41,11 +43,14 @@ def _argument(option: settings.Option[Any]) -> Callable[[str], Any]:
     return parse
 
 
-def _cache(path: str) -> CacheDir:
-    """An existing cache directory (never adopted, created or tagged here)."""
+def _cache(path: str, *, adopt: bool = False) -> CacheDir:
+    """An existing cache directory (never created or tagged here), or, with ``adopt``,
+    a cache directory made or tagged if it is new or empty."""
     root = Path(path)
     try:
-        directory = ownership.adopt(root, readonly=True)
+        directory = ownership.adopt(root, readonly=not adopt)
+        if adopt:
+            ownership.claim(directory)
     except ownership.NotOurs as error:
         raise CliError(str(error)) from None
     except OSError as error:
@@ -105,6 +110,26 @@ def clear(args: argparse.Namespace) -> None:
     removed = maintenance.clear()
     maintenance.keep_contents()
     print(f"removed {removed} entries from {directory.root}")
+
+
+def merge(args: argparse.Namespace) -> None:
+    target = _cache(args.dir, adopt=True)
+    maintenance = Maintenance(target)
+    before = maintenance.usage()
+    total = Merged()
+    for path in args.sources:
+        found = merge_caches(target, _cache(path), MAX_ENTRY_BYTES)
+        total = Merged(
+            total.entries + found.entries,
+            total.records + found.records,
+            total.tests + found.tests,
+        )
+    after = maintenance.keep_contents()
+    print(
+        f"{before.entries} entries ({format_size(before.bytes)}) -> {after.entries} entries "
+        f"({format_size(after.bytes)}): {total.entries} entries and the history of "
+        f"{total.tests} tests merged from {len(args.sources)} caches"
+    )
 
 
 def _github_output(lines: list[str]) -> None:
@@ -198,6 +223,15 @@ def parser() -> argparse.ArgumentParser:
         help=settings.PRUNE_AFTER.help,
     )
     command("clear", clear, "remove every entry", "Remove every entry of the cache.")
+    merge_parser = command(
+        "merge",
+        merge,
+        "merge other caches into this one",
+        "Copy into DIR (made if new) the entries, records and test history that other "
+        "caches hold and DIR does not: the caches the shards of a CI matrix wrote become "
+        "one to save.",
+    )
+    merge_parser.add_argument("sources", nargs="+", metavar="SOURCE", help="a cache to merge")
 
     key_parser = commands.add_parser(
         "key",

@@ -26,12 +26,16 @@ from pytest_jaxcache.cachedir import CacheDir
 from pytest_jaxcache.environment import unusable_versions
 from pytest_jaxcache.layout import (
     ENTRIES,
+    FINGERPRINTS,
+    HISTORY,
     JAX_FILE,
     LOCK_NAME,
     LOCKS,
+    MACHINES,
     MAINTENANCE_LOCK,
     MARKER_NAME,
     NAMESPACE,
+    RECORD_NAME,
     REMOTE_OFF,
     TEMPORARY,
     TMP,
@@ -301,3 +305,48 @@ class Maintenance:
 def jax_files_usage(directory: CacheDir) -> Usage:
     """What JAX's own file store keeps in ``directory``."""
     return usage_of([item for item in Maintenance(directory).inventory() if item.kind == JAX])
+
+
+@dataclass(frozen=True)
+class Merged:
+    entries: int = 0  # entries copied in (those the cache held already are kept)
+    records: int = 0  # machine and fingerprint records copied in
+    tests: int = 0  # tests whose history came from the other cache
+
+
+def merge(target: CacheDir, source: CacheDir, max_entry_bytes: int) -> Merged:
+    """Copy into ``target`` what ``source`` holds and ``target`` does not: entries (of
+    every namespace; only names of the layout's grammar, regular files within the entry
+    limit: loaded only once they verify, as any entry), machine and fingerprint records,
+    and the tests' history (``source``'s records win: a CI shard ran those tests last).
+    What the shards of a CI matrix wrote becomes one cache to save."""
+    from pytest_jaxcache import history
+
+    entries = records = 0
+    for name, info in source.scan(ENTRIES):
+        if not (stat.S_ISDIR(info.st_mode) and NAMESPACE.fullmatch(name)):
+            continue
+        sub = namespace_dir(name)
+        for entry, found in source.scan(sub):
+            if not (is_entry_name(entry) and stat.S_ISREG(found.st_mode)):
+                continue
+            if found.st_size > max_entry_bytes or target.exists(sub, entry):
+                continue
+            data, _ = source.read(sub, entry, limit=max_entry_bytes)
+            target.write_atomic(sub, entry, data)
+            entries += 1
+    for sub in (MACHINES, FINGERPRINTS):
+        for name, info in source.scan(sub):
+            fresh = RECORD_NAME.fullmatch(name) and not target.exists(sub, name)
+            if fresh and stat.S_ISREG(info.st_mode):
+                data, _ = source.read(sub, name, limit=64 * 1024)
+                target.write_atomic(sub, name, data)
+                records += 1
+    tests = 0
+    for name, info in source.scan(HISTORY):
+        if RECORD_NAME.fullmatch(name) and stat.S_ISREG(info.st_mode):
+            data, _ = source.read(HISTORY, name, limit=history.MAX_BYTES)
+            theirs = history.parse(data)
+            history.save(target, name.removesuffix(".json"), theirs)
+            tests += len(theirs.tests)
+    return Merged(entries, records, tests)

@@ -16,8 +16,10 @@ from typing import Protocol
 import pytest
 from helpers import child_env, claimed, entries, jaxcache_argv, run_command
 
+from pytest_jaxcache import history
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.formats import format_size
+from pytest_jaxcache.history import History, TestCost
 from pytest_jaxcache.keys import file_name
 from pytest_jaxcache.maintenance import Maintenance, Usage
 from pytest_jaxcache.settings import parse_max_size
@@ -30,7 +32,7 @@ LAUNCHERS = {
     "python-m": [sys.executable, "-m", "pytest_jaxcache"],
 }
 COMMANDS = ("show", "prune", "clear", "digest")  # the commands that take a cache directory
-ALL_COMMANDS = (*COMMANDS, "key")
+ALL_COMMANDS = (*COMMANDS, "key", "merge")
 
 
 class Cli(Protocol):
@@ -306,3 +308,25 @@ def test_show_counts_every_session_and_a_closed_pipe_ends_quietly(cli: Cli, tmp_
     finally:
         os.close(writer)
     assert (piped.returncode, piped.stderr) == (0, "")
+
+
+# -- merge (the shards of a CI matrix) -----------------------------------------------------------
+
+
+def test_merge_makes_one_cache_of_the_shards_caches(cli: Cli, tmp_path: Path) -> None:
+    """Two shards' caches (some entries in common, each with its tests' history) become
+    one: every entry once, both histories (the later source's records winning), and
+    contents.json in step; the sources are left as they were."""
+    first, second = filled(tmp_path / "one", 3), filled(tmp_path / "two", 5)
+    for store, tests in ((first, {"t::a": 1.0, "t::b": 2.0}), (second, {"t::b": 3.0, "t::c": 4.0})):
+        costs = {nodeid: TestCost(wall_secs=secs) for nodeid, secs in tests.items()}
+        history.save(store.directory, MACHINE, History(costs))
+    before = {path: path.read_bytes() for path in (tmp_path / "two").rglob("*") if path.is_file()}
+    result = cli("merge", str(tmp_path / "merged"), str(first.root), str(second.root))
+    assert result.ret == 0, result.errlines
+    merged = Store(claimed(tmp_path / "merged"))
+    assert [p.name for p in entries(merged.root)] == sorted(file_name(key(i)) for i in range(5))
+    walls = {n: c.wall_secs for n, c in history.load(merged.directory).tests.items()}
+    assert walls == {"t::a": 1.0, "t::b": 3.0, "t::c": 4.0}
+    assert json.loads((merged.root / "contents.json").read_text())["entries"] == 5
+    assert before == {p: p.read_bytes() for p in (tmp_path / "two").rglob("*") if p.is_file()}
