@@ -10,7 +10,14 @@ from typing import Any
 
 from pytest_jaxcache.formats import format_secs
 from pytest_jaxcache.markers import ERRORS
-from pytest_jaxcache.terminal import compiled_outside, lookups_hit, remote_figures, saved, usage
+from pytest_jaxcache.terminal import (
+    compiled_outside,
+    lookups_hit,
+    remote_figures,
+    saved,
+    shard_figures,
+    usage,
+)
 
 _SHOWN = 10  # rows of each table; the rest is counted
 
@@ -69,6 +76,8 @@ def markdown(snapshot: dict[str, Any]) -> str:
     if remote is not None:
         state = f"off: {remote['off']}" if remote["off"] else remote_figures(remote)
         rows.append(["Remote", _cell(f"{remote['url']} ({remote['mode']}): {state}")])
+    if snapshot["shard"] is not None:
+        rows.append(["Shard", _cell(shard_figures(snapshot["shard"]))])
     lines = ["### JAX compilation cache", "", *_table(["", ""], ["---", "---"], rows), ""]
     lines += _slowest(snapshot)
     lines += _timeline(snapshot)

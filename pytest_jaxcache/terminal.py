@@ -104,6 +104,8 @@ def render(snapshot: Snapshot, *, verbosity: int) -> list[str]:
     )
     lines += _store_lines(snapshot)
     lines += _remote_lines(snapshot)
+    if snapshot["shard"] is not None:
+        lines.append(f"shard: {shard_figures(snapshot['shard'])}")
     lines += _slowest(snapshot, loading=False)
     lines += _slowest(snapshot, loading=True)
     lines += _uncachable_lines(snapshot)
@@ -119,6 +121,15 @@ def render(snapshot: Snapshot, *, verbosity: int) -> list[str]:
         lines += _worker_lines(snapshot)
     lines += [f"notice: {problem}" for problem in problems(snapshot)]
     return lines
+
+
+def shard_figures(shard: Mapping[str, Any]) -> str:
+    """Which shard ran, its share of the tests, what was predicted and what it took."""
+    return (
+        f"{shard['index']} of {shard['count']}, {shard['tests']} of {shard['collected']} tests "
+        f"({shard['history']} known from earlier sessions); predicted "
+        f"{format_secs(shard['predicted_secs'])}, the tests took {format_secs(shard['tests_secs'])}"
+    )
 
 
 def _sources(snapshot: Snapshot) -> list[str]:

@@ -10,7 +10,7 @@ unit tests build: a new surface or a new figure cannot drift from the others.
   uncachable and unwritten programs, the hit sources to the hits;
 - the hit rate is hits over lookups, lookups are hits + misses;
 - every surface the session printed (the ``compiles:`` line, the ``hit rate:`` line,
-  the ``-q`` line) shows the JSON's numbers.
+  the ``-q`` line, the ``shard:`` line) shows the JSON's numbers.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ _COMPILES_LINE = re.compile(
     r"(\d+) not written, (\d+) with the cache off"
 )
 _LOOKUPS = re.compile(r"(\d+)/(\d+) lookups hit \((n/a|[\d.]+%)\)")
+_SHARD_LINE = re.compile(r"shard: (\d+) of (\d+), (\d+) of (\d+) tests \((\d+) known")
 
 
 class Violation(AssertionError):
@@ -121,6 +122,13 @@ def _check_output(snapshot: Mapping[str, Any], output: Sequence[str]) -> None:
                 for name in ("programs", "hits", "misses", "uncachable", "unwritten", "uncached")
             ]
             _require(shown == expected, f"the compiles line {shown} != JSON {expected}")
+        shard_line = _SHARD_LINE.match(line)
+        if shard_line:
+            shard = snapshot["shard"]
+            _require(shard is not None, "a shard line without a shard in the JSON")
+            expected = [shard[k] for k in ("index", "count", "tests", "collected", "history")]
+            shown = [int(number) for number in shard_line.groups()]
+            _require(shown == expected, f"the shard line {shown} != JSON {expected}")
         if line.startswith(("hit rate: ", "jax cache: ")):
             rate = _LOOKUPS.search(line)
             if rate is None:

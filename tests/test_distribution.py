@@ -101,6 +101,8 @@ def test_shards_split_every_test_exactly_once_by_predicted_cost(
         assert shard["tests"] == len(ran(report)) > 0
         assert shard["predicted_secs"] > 0 and shard["history"] == len(ALL)
         assert f"{len(ALL) - shard['tests']} deselected" in result.outlines[-1]
+        said = f"shard: {index} of 3, {shard['tests']} of {len(ALL)} tests ({len(ALL)} known"
+        assert any(line.startswith(said) for line in result.outlines), result.outlines[-30:]
         shards.append(set(ran(report)))
     assert set.union(*shards) == ALL
     assert sum(len(shard) for shard in shards) == len(ALL)
