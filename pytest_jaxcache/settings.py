@@ -72,7 +72,7 @@ def parse_shard(text: str, _base: Path | None = None) -> Shard | None:
         raise ValueError(f"expected K/N such as 2/4, got {_short(text)}")
     index, count = int(match.group(1)), int(match.group(2))
     if not 1 <= index <= count <= MAX_SHARDS:
-        raise ValueError(f"expected 1 <= K <= N <= {MAX_SHARDS}, got {index}/{count}")
+        raise ValueError(f"expected 1 <= K <= N <= {MAX_SHARDS}, got {_short(text)}")
     return Shard(index, count)
 
 
@@ -570,6 +570,7 @@ def resolve(raw: Mapping[Option[Any], Raw], *, rootpath: Path, invocation_dir: P
             f"{resolved.dir_source} and {resolved.source(REMOTE)} both name a remote: give "
             "--jax-cache-dir a local directory, or leave --jax-cache-remote out"
         )
-    if resolved.explain and resolved.explain_dir is None:
+    wants_dir = resolved.explain or resolved.lowering is Lowering.VERIFY
+    if wants_dir and resolved.explain_dir is None:  # verify writes the modules that differ
         resolved = replace(resolved, explain_dir=invocation_dir / DEFAULT_EXPLAIN_DIR)
     return resolved

@@ -21,11 +21,13 @@ from pytest_jaxcache.settings import (
     MODE,
     OPTIONS,
     Location,
+    Lowering,
     Mode,
     Option,
     Raw,
     Settings,
     SettingsError,
+    Shard,
     Source,
     StoreKind,
     parse_size,
@@ -91,6 +93,17 @@ SAMPLES: dict[str, dict[str, tuple[str, Any]]] = {
         "ini": ("jit_f", ("jit_f",)),
     },
     "explain_dir": {"cli": ("d", HERE / "d"), "ini": ("i", ROOT / "i")},
+    "shard": {
+        "cli": ("2/4", Shard(2, 4)),
+        "ini": (" 1 / 3 ", Shard(1, 3)),
+        "env": ("1000/1000", Shard(1000, 1000)),
+    },
+    "timeline_path": {"cli": ("t.html", HERE / "t.html"), "ini": ("t.html", ROOT / "t.html")},
+    "lowering": {
+        "cli": ("on", Lowering.ON),
+        "ini": ("verify", Lowering.VERIFY),
+        "env": ("OFF", Lowering.OFF),
+    },
 }
 
 # For each option: a bad value and the problem its message names.
@@ -116,6 +129,9 @@ BAD: dict[str, tuple[str, str]] = {
     "load_unverified": ("2", "expected true or false"),
     "explain": ("", ""),  # every text is a list of globs (an empty one explains nothing)
     "explain_dir": ("", ""),  # every text is a path
+    "shard": ("3/2", "expected 1 <= K <= N <= 1000"),
+    "timeline_path": ("", ""),  # every text is a path
+    "lowering": ("always", "expected one of off, on, verify"),
 }
 
 
