@@ -318,8 +318,8 @@ class CacheSession:
         assert shard is not None
         chosen, predicted = shards.select(nodeids, shard, self.history, self.present, marked)
         self.shard = {
-            "index": shard.index,
-            "count": shard.count,
+            "index": shard.number,
+            "count": shard.total,
             "tests": len(chosen),
             "collected": len(nodeids),
             "predicted_secs": predicted,

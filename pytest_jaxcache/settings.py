@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import enum
 import errno
-import hashlib
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
@@ -48,15 +46,14 @@ class Lowering(enum.Enum):
     VERIFY = "verify"
 
 
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` (1-based) of ``count``."""
+class Shard(NamedTuple):
+    """Shard ``number`` (1-based) of ``total``."""
 
-    index: int
-    count: int
+    number: int
+    total: int
 
     def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
+        return f"{self.number}/{self.total}"
 
 
 MAX_SHARDS = 1000
@@ -70,14 +67,13 @@ def parse_shard(text: str, _base: Path | None = None) -> Shard | None:
     match = _SHARD.fullmatch(text)
     if match is None:
         raise ValueError(f"expected K/N such as 2/4, got {_short(text)}")
-    index, count = int(match.group(1)), int(match.group(2))
-    if not 1 <= index <= count <= MAX_SHARDS:
+    number, total = int(match.group(1)), int(match.group(2))
+    if not 1 <= number <= total <= MAX_SHARDS:
         raise ValueError(f"expected 1 <= K <= N <= {MAX_SHARDS}, got {_short(text)}")
-    return Shard(index, count)
+    return Shard(number, total)
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """Where a resolved value came from, for error messages and the report header."""
 
     kind: str  # "cli", "ini", "env" or "default"
@@ -99,25 +95,47 @@ DEFAULT = Source("default", "")
 Parser = Callable[[str, Path], T]
 
 
-@dataclass(frozen=True)
 class Option(Generic[T]):
-    """One setting: its names in each source, how to read it, its default."""
+    """One setting: its names in each source, how to read it, its default. (A plain
+    class, not a dataclass: this module is imported by every pytest session, and
+    generating a dataclass's methods costs about a millisecond each.)"""
 
-    attr: str  # the Settings field
-    parse: Parser[T]
-    default: T
-    help: str = ""
-    cli: str | None = None
-    ini: str | None = None
-    env: str | None = None
-    flag: bool = False  # on the command line it takes no value
-    metavar: str | None = None
-    # JAX reads ``env`` itself when it is imported: how to write a value so JAX accepts it.
-    jax_spelling: Callable[[T], str] | None = None
+    __slots__ = (
+        "attr",
+        "cli",
+        "default",
+        "env",
+        "flag",
+        "help",
+        "ini",
+        "jax_spelling",
+        "metavar",
+        "parse",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        attr: str,  # the Settings field
+        parse: Parser[T],
+        default: T,
+        help: str = "",
+        cli: str | None = None,
+        ini: str | None = None,
+        env: str | None = None,
+        flag: bool = False,  # on the command line it takes no value
+        metavar: str | None = None,
+        # JAX reads ``env`` itself when it is imported: how to write a value JAX accepts.
+        jax_spelling: Callable[[T], str] | None = None,
+    ) -> None:
+        self.attr, self.parse, self.default, self.help = attr, parse, default, help
+        self.cli, self.ini, self.env, self.flag = cli, ini, env, flag
+        self.metavar, self.jax_spelling = metavar, jax_spelling
+
+    def __repr__(self) -> str:
+        return f"Option({self.attr!r})"
 
 
-@dataclass(frozen=True)
-class Raw:
+class Raw(NamedTuple):
     """One setting as the three sources give it (``None``: that source is silent)."""
 
     cli: str | None = None
@@ -165,6 +183,8 @@ def parse_size(value: str) -> int | None:
     match = _SIZE.match(value) if len(value) <= MAX_TEXT else None
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"not a size: {_short(value)} (use e.g. 500MB, 2GiB, or none)")
+    from decimal import Decimal  # exact for any digits; imported when a size is given
+
     size = Decimal(match.group(1)) * _UNITS[match.group(2).lower()]
     if size > MAX_BYTES:
         raise ValueError(f"at most 1 PiB, got {_short(value)}")
@@ -255,8 +275,7 @@ def expand_path(value: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
     """Where the cache lives: a local directory, a URL, or nowhere (off)."""
 
     path: Path | None = None
@@ -303,6 +322,8 @@ def parse_positive_seconds(text: str, _base: Path | None = None) -> float:
 def default_local_dir(url: str) -> Path:
     """The local first tier of a remote given as the cache directory:
     ``$XDG_CACHE_HOME/pytest-jaxcache/<digest of the URL>`` (``~/.cache`` by default)."""
+    import hashlib  # only for a URL as the cache directory
+
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "pytest-jaxcache" / hashlib.sha256(url.encode()).hexdigest()[:16]
 

@@ -78,7 +78,7 @@ def select(
     """The tests of ``shard`` (in collection order) and their predicted cost; tests
     never seen count as the median of those seen (or :data:`DEFAULT_SECS`)."""
     costs = predict(nodeids, history, present)
-    shards = assign(nodeids, costs, errors, shard.count)
-    chosen = [nodeid for nodeid in nodeids if shards[nodeid] == shard.index - 1]
+    shards = assign(nodeids, costs, errors, shard.total)
+    chosen = [nodeid for nodeid in nodeids if shards[nodeid] == shard.number - 1]
     guess = statistics.median(costs.values()) if costs else DEFAULT_SECS
     return chosen, sum(costs.get(nodeid, guess) for nodeid in chosen)
