@@ -349,10 +349,16 @@ class Remote:
                 options["config_kwargs"] = {
                     "connect_timeout": min(self.timeout, 5.0),
                     "read_timeout": self.timeout,
-                    "retries": {"total_max_attempts": 2},
+                    "retries": {"total_max_attempts": 1},
                 }
             options.update(conf.get(protocol, {}))  # the user's FSSPEC_* settings win
             fs, root = fsspec.url_to_fs(self.url, **options)
+            if protocol in ("s3", "s3a"):
+                # One attempt, in botocore and in s3fs (whose ``retries`` is a class
+                # attribute, not an argument): our deadline decides. A retry would go on,
+                # on the abandoned call's thread, after a stall turned the remote off.
+                # (gcsfs fixes its retries when it is imported: they stay.)
+                fs.retries = 1
         except ImportError as error:
             extra = _EXTRAS.get(protocol)
             hint = f' (pip install "pytest-jaxcache[{extra}]")' if extra else ""

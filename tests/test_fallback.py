@@ -37,7 +37,7 @@ def test_missing_seam_falls_back_to_jax_store(pytester: pytest.Pytester, run_jax
     cold.assert_outcomes(passed=2)
     header = "\n".join(cold.outlines)
     assert "compilation_cache.CacheInterface" in header
-    assert "using JAX's file store" in header
+    assert "JAX's own file store serves the cache" in header
     assert cold_report["cache"]["store"] == "JAX's file store"
     assert cold_report["totals"]["misses"] > 0
     written = sorted(cache.glob("*-cache"))
@@ -46,7 +46,7 @@ def test_missing_seam_falls_back_to_jax_store(pytester: pytest.Pytester, run_jax
 
     warm, warm_report = run_jax(*args)
     warm.assert_outcomes(passed=2)
-    assert "using JAX's file store" in "\n".join(warm.outlines)
+    assert "JAX's own file store serves the cache" in "\n".join(warm.outlines)
     assert_all_hits(warm_report)
     assert warm_report["totals"]["misses"] == 0
     assert sorted(cache.glob("*-cache")) == written
