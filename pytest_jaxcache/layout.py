@@ -9,11 +9,13 @@ name, a key or a lookup only if it matches the grammar of its kind: no separator
     <root>/
       CACHEDIR.TAG, .gitignore   the tag that makes the directory ours
       entries/<machine>/<entry>  one entry per program, in its machine's namespace
+      entries/<machine>/lowered-module-<key>  one lowered module (--jax-cache-lowering)
       tmp/<temporary>            entries being written; renamed into entries/
       locks/<entry>.lock         single-flight locks; prefetch.lock, remote-<id>.off
       locks/<entry>.nocache      "the last compile of this key wrote nothing"
       machines/<id>.json         what defines each machine namespace
       fingerprints/<id>.json     the environment of each session that wrote entries
+      history/<machine>.json     what each test cost in earlier sessions (shards, scheduler)
       sessions.json              when recent sessions ran (pruning, ``jaxcache show``)
       contents.json              the digest of the entries (CI saves a changed cache)
       maintenance.lock           held while one session maintains the directory
@@ -60,6 +62,12 @@ JAX_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}-[0-9a-f]{64}-(cache|at
 JAX_NAMES = frozenset(
     {".lockfile", "xla_gpu_per_fusion_autotune_cache_dir", "xla_gpu_kernel_cache_file"}
 )
+# The lowering tier's entries live beside the executables (verified, signed, uploaded,
+# evicted and merged the same way) under a program name JAX never gives a module (its
+# module names hold no dash): "lowered-module-<64 hex digits of the lowering key>".
+LOWERED = "lowered-module"
+LOWERING_KEY = re.compile(r"[0-9a-f]{64}")
+
 # A name that is safe as one path component inside the cache (what cachedir accepts).
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 

@@ -91,6 +91,9 @@ class CompileRecord:
     unwritten: str = ""  # why it was not written: a reasons code ("" when it was, or a hit)
     detail: str = ""  # what goes with the code (a threshold, JAX's message)
     source: str = ""  # a hit's entry: written in an earlier session, this one, or remote
+    # Whether JAX lowered the program in this process (False: the lowering tier served
+    # its module, and JAX's lowering, which emits the lowering event, never ran).
+    lowered: bool = True
 
 
 @dataclass
@@ -235,6 +238,7 @@ class Recorder:
                 with self._lock:
                     self._counts()[0].trace_secs += float(duration)
             elif event == LOWER_EVENT:
+                self._local.lowered = True  # the next compile in this thread was lowered
                 with self._lock:
                     self._counts()[0].lower_secs += float(duration)
         except Exception as error:
@@ -304,6 +308,8 @@ class Recorder:
             outcome = UNWRITTEN
         waited = min(pending.waited_secs, secs)
         secs -= waited  # waiting for another process is neither compiling nor loading
+        lowered = bool(getattr(self._local, "lowered", False))
+        self._local.lowered = False
         with self._lock:
             counts, nodeid, phase = self._counts()
             counts.wait_secs += waited
@@ -344,6 +350,7 @@ class Recorder:
                     waited,
                     *self._why_not(outcome, pending),
                     pending.source if outcome == HIT else "",
+                    lowered,
                 )
             )
 

@@ -144,6 +144,7 @@ class CacheSession:
                 store=self.store,
                 location=self._location(),
                 key_dump=self._key_dump(),
+                mismatch_dir=self.settings.explain_dir,
             )
         except Exception as error:  # said in the report; the suite runs, uncached
             self.notices.append(f"could not configure JAX: {type(error).__name__}: {error}")
@@ -424,6 +425,7 @@ class CacheSession:
             prefetched=sorted(self.remote.prefetched) if self.remote is not None else [],
             fingerprint=dict(self.fingerprint),
             shard=self.shard,
+            lowering=self.installation.lowering if self.installation is not None else None,
         )
 
     def _compiles(self) -> list[Any]:
@@ -476,6 +478,7 @@ class CacheSession:
                 maintenance=self.maintenance,
                 durations=self.settings.durations,
                 wall_secs=time.time() - self.started_at,
+                lowering=self.settings.lowering.value,
             ),
             remote=remote,
             lost_workers=self.lost_workers,

@@ -28,9 +28,10 @@ The snapshot is the JSON document. Schema ``pytest-jaxcache/report``, version 2
                phases{setup|call|teardown|collect: counts}}
     compiles[]: {name, outcome: hit|miss|uncachable|unwritten|uncached, secs, test, phase,
                  worker, key, refused, waited_secs, unwritten (a reasons code), detail,
-                 source (a hit's: earlier session|this session|remote), why}
-                (key: the cache key, "" when our store did not see it; why: why it was
-                compiled rather than served, in words, "" on a hit)
+                 source (a hit's: earlier session|this session|remote), lowered, why}
+                (key: the cache key, "" when our store did not see it; lowered: whether
+                JAX lowered it, false when the lowering tier served its module; why: why
+                it was compiled rather than served, in words, "" on a hit)
     not_written[]: {code, reason, count, secs, examples[], remedy}: compiled and not
                  written, by reason (remedy: what would keep such programs, or "")
     misses[]: {reason, cause: new|refused|key parts|constants|lowering|program|environment|
@@ -45,6 +46,11 @@ The snapshot is the JSON document. Schema ``pytest-jaxcache/report``, version 2
     shard:    null, or {index, count, tests, collected, predicted_secs (the sum of its
               tests' predicted costs), history (tests known), tests_secs (what they
               took), wall_secs (the session's wall)}
+    lowering: null (--jax-cache-lowering=off), or {mode: on|verify, ran (whether the tier
+              ran in any process), hits, misses, stored, not_stored{reason: count},
+              verified, mismatched, mismatches[] (program, key, diff command), checked,
+              check_failed, saved_secs, serve_secs, lower_secs, errors[]}, summed over
+              processes
     workers:  {id: {store{...}, tests, misses[] (its own: {key, reason, cause, parts}),
               installed{store, jax, jaxlib}}}
     lost_workers[]
@@ -70,7 +76,7 @@ from pytest_jaxcache.keys import file_name
 from pytest_jaxcache.markers import ERRORS
 from pytest_jaxcache.reasons import HIT, MISS, UNCACHABLE, UNWRITTEN, Miss
 from pytest_jaxcache.recorder import OUTSIDE_TESTS, CompileRecord, Counts, TestRecord
-from pytest_jaxcache.stats import RemoteStats, StoreStats
+from pytest_jaxcache.stats import LoweringStats, RemoteStats, StoreStats
 from pytest_jaxcache.worker_report import WorkerReport
 
 SCHEMA = "pytest-jaxcache/report"
@@ -92,6 +98,7 @@ class CacheState:
     maintenance: Any = None  # maintenance.MaintenanceResult | None
     durations: int = 10  # how many slowest phases to keep (0: all, -1: none)
     wall_secs: float = 0.0  # the session's wall time so far
+    lowering: str = "off"  # --jax-cache-lowering
 
 
 @dataclass(frozen=True)
@@ -210,6 +217,7 @@ def build(
             if worker
         },
         "shard": _shard(ordered, tests, cache.wall_secs),
+        "lowering": _lowering(cache.lowering, ordered),
         "lost_workers": list(lost_workers),
         "cache_warnings": [w for _, s in ordered for w in s.records.cache_warnings],
         "listener_errors": [e for _, s in ordered for e in s.records.listener_errors],
@@ -260,6 +268,18 @@ def _shard(
         return None
     ran = [t for t in tests if t.nodeid != OUTSIDE_TESTS and t.outcome]
     return {**selected, "tests_secs": sum(t.wall_secs for t in ran), "wall_secs": wall_secs}
+
+
+def _lowering(mode: str, ordered: list[tuple[str, WorkerReport]]) -> dict[str, Any] | None:
+    """The lowering tier's figures, summed over the processes it ran in."""
+    if mode == "off":
+        return None
+    summed = LoweringStats()
+    for _, share in ordered:
+        if share.lowering is not None:
+            summed.add(share.lowering)
+    ran = any(share.lowering is not None for _, share in ordered)
+    return {"mode": mode, "ran": ran, **asdict(summed)}
 
 
 def _changed(cache: CacheState) -> bool | None:

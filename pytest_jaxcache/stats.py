@@ -52,3 +52,24 @@ class RemoteStats(Tally):
     oversized: int = 0  # objects larger than the entry limit: not downloaded
     manifests_ignored: int = 0  # too large, not JSON of our shape, or not signed
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoweringStats(Tally):
+    """What one process's lowering tier did (``--jax-cache-lowering``); summed over
+    processes."""
+
+    hits: int = 0  # modules served from the cache: lowering skipped
+    misses: int = 0  # keyed, not in the cache: JAX lowered it...
+    stored: int = 0  # ...and it was written
+    # lowered and not written, by reason (no exact key, host callbacks, effects, ...)
+    not_stored: dict[str, int] = field(default_factory=dict)
+    verified: int = 0  # verify: a served module was identical to a fresh lowering
+    mismatched: int = 0  # verify: it was not; the fresh module was used
+    mismatches: list[str] = field(default_factory=list)  # each: program, key, diff command
+    checked: int = 0  # JAX's cache key of a served module was the one recorded...
+    check_failed: int = 0  # ...or not: that entry is not served again
+    saved_secs: float = 0.0  # recorded lowering time of the hits, less serving them
+    serve_secs: float = 0.0  # keying, lookup and parsing, over every program seen
+    lower_secs: float = 0.0  # JAX's own lowering inside the tier
+    errors: list[str] = field(default_factory=list)

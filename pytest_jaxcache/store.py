@@ -39,6 +39,8 @@ from pytest_jaxcache.environment import machine_difference
 from pytest_jaxcache.layout import (
     ENTRIES,
     LOCKS,
+    LOWERED,
+    LOWERING_KEY,
     NAMESPACE,
     PREFETCH_LOCK,
     TEMPORARY,
@@ -453,6 +455,33 @@ class Store:
             except OSError as error:  # runs inside the user's compile: count, never raise
                 self.stats.note(f"release the lock of {keys.file_name(key)}: {why_not(error)}")
 
+    # -- the lowering tier's modules ---------------------------------------------------
+
+    def get_lowered(self, key: str) -> bytes | None:
+        """The payload of the lowered module stored under lowering key ``key`` (64 hex
+        digits), verified as any entry, read through the second tier; ``None`` when there
+        is none. No single flight (lowering is cheap), nothing counted in the store's
+        hits and misses (the tier counts its own). Never raises."""
+        if not self.machine or not LOWERING_KEY.fullmatch(key):
+            return None
+        entry_key = f"{LOWERED}-{key}"
+        name = keys.file_name(entry_key)
+        found = self._read(entry_key, name)
+        second = self.second
+        if found.entry is None and second is not None and second.on:
+            found = self._from_second_tier(second, entry_key, name, found)
+        if found.entry is None:
+            return None
+        self.verified.add(name)
+        return found.entry.payload
+
+    def put_lowered(self, key: str, data: bytes, lower_secs: float) -> bool:
+        """Store a lowered module's payload under lowering key ``key`` (overwriting);
+        never raises; returns whether it was written."""
+        if self.readonly or not LOWERING_KEY.fullmatch(key):
+            return False
+        return self.put(f"{LOWERED}-{key}", data, compile_secs=lower_secs, counted=False)
+
     # -- writes ------------------------------------------------------------------------
 
     def put(
@@ -462,10 +491,14 @@ class Store:
         compile_secs: float | None = None,
         parts: Mapping[str, str] | None = None,
         facts: Mapping[str, str] | None = None,
+        *,
+        counted: bool = True,
     ) -> bool:
         """Store ``payload`` atomically. Never raises; returns whether it was written.
         ``parts`` are the digests of the key's parts, ``facts`` what else explains a
-        later miss (the program's input types, its module's structure)."""
+        later miss (the program's input types, its module's structure). ``counted``:
+        whether the write is one of the store's (an executable), or the lowering tier's
+        (which counts its own)."""
         name = keys.file_name(key)
         try:
             if self.readonly or not self.machine:
@@ -490,8 +523,9 @@ class Store:
                 self.stats.write_errors += 1
                 self.stats.note(f"write {name}: {why_not(error)}")
                 return False
-            self.stats.writes += 1
-            self.stats.bytes_written += len(data)
+            if counted:
+                self.stats.writes += 1
+                self.stats.bytes_written += len(data)
             self.verified.add(name)
             if self.second is not None:
                 self.second.upload_later(self.machine, name, data, replace=False)

@@ -13,6 +13,7 @@ from pytest_jaxcache.markers import ERRORS
 from pytest_jaxcache.terminal import (
     compiled_outside,
     lookups_hit,
+    lowering_figures,
     remote_figures,
     saved,
     shard_figures,
@@ -78,12 +79,18 @@ def markdown(snapshot: dict[str, Any]) -> str:
         rows.append(["Remote", _cell(f"{remote['url']} ({remote['mode']}): {state}")])
     if snapshot["shard"] is not None:
         rows.append(["Shard", _cell(shard_figures(snapshot["shard"]))])
+    lowering = snapshot["lowering"]
+    if lowering is not None and lowering["ran"]:
+        rows.append(["Lowering", _cell(f"{lowering['mode']}: {lowering_figures(lowering)}")])
     lines = ["### JAX compilation cache", "", *_table(["", ""], ["---", "---"], rows), ""]
     lines += _slowest(snapshot)
     lines += _timeline(snapshot)
     lines += _uncachable(snapshot)
     lines += _not_written(snapshot)
     lines += _misses(snapshot)
+    if lowering is not None and lowering["mismatches"]:
+        lines += ["**Lowered modules that differed from a fresh lowering**", ""]
+        lines += [f"- {_code(line)}" for line in lowering["mismatches"]] + [""]
     notices = list(cache["notices"])
     if notices:
         lines += ["**Notices**", "", *(f"- {_cell(notice)}" for notice in notices), ""]

@@ -10,11 +10,13 @@ from dataclasses import fields
 from typing import Any
 
 MAX_MESSAGES = 20
+MAX_GROUPS = 32  # distinct keys of a dict of counts; the rest are counted under OTHERS
+OTHERS = "other reasons"
 
 
 class Tally:
-    """A dataclass of numbers (summed) and lists of messages (joined, deduplicated,
-    bounded)."""
+    """A dataclass of numbers (summed), lists of messages (joined, deduplicated,
+    bounded) and dicts of counts by reason (summed key by key, bounded)."""
 
     errors: list[str]  # what went wrong, in a few words each
 
@@ -30,5 +32,16 @@ class Tally:
                 for message in theirs:
                     if len(mine) < MAX_MESSAGES and message not in mine:
                         mine.append(message)
+            elif isinstance(mine, dict):
+                for reason, count in theirs.items():
+                    count_by(mine, reason, count)
             else:
                 setattr(self, item.name, mine + theirs)
+
+
+def count_by(counts: dict[str, int], reason: str, count: int = 1) -> None:
+    """Add ``count`` under ``reason``, or under :data:`OTHERS` once :data:`MAX_GROUPS`
+    reasons are taken: a dict of counts stays bounded whatever it is fed."""
+    if reason not in counts and len(counts) >= MAX_GROUPS:
+        reason = OTHERS
+    counts[reason] = counts.get(reason, 0) + count

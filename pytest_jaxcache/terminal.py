@@ -106,6 +106,7 @@ def render(snapshot: Snapshot, *, verbosity: int) -> list[str]:
     lines += _remote_lines(snapshot)
     if snapshot["shard"] is not None:
         lines.append(f"shard: {shard_figures(snapshot['shard'])}")
+    lines += _lowering_lines(snapshot)
     lines += _slowest(snapshot, loading=False)
     lines += _slowest(snapshot, loading=True)
     lines += _uncachable_lines(snapshot)
@@ -130,6 +131,38 @@ def shard_figures(shard: Mapping[str, Any]) -> str:
         f"({shard['history']} known from earlier sessions); predicted "
         f"{format_secs(shard['predicted_secs'])}, the tests took {format_secs(shard['tests_secs'])}"
     )
+
+
+def lowering_figures(lowering: Mapping[str, Any]) -> str:
+    """What the lowering tier did, in one line."""
+    not_stored = sum(lowering["not_stored"].values())
+    line = (
+        f"{lowering['hits']} modules served, {lowering['misses']} lowered "
+        f"({lowering['stored']} stored, {not_stored} not stored); "
+        f"{format_secs(lowering['saved_secs'])} saved"
+    )
+    if lowering["mode"] == "verify":
+        line += (
+            f"; verify: {lowering['verified']} identical to a fresh lowering, "
+            f"{lowering['mismatched']} differed"
+        )
+    if lowering["check_failed"]:
+        line += f"; {lowering['check_failed']} failed the key check (not served again)"
+    return line
+
+
+def _lowering_lines(snapshot: Snapshot) -> list[str]:
+    lowering = snapshot["lowering"]
+    if lowering is None:
+        return []
+    if not lowering["ran"]:
+        return [f"lowering: {lowering['mode']}, did not run (see the notices)"]
+    lines = [f"lowering: {lowering['mode']}, {lowering_figures(lowering)}"]
+    if lowering["not_stored"]:
+        ranked = sorted(lowering["not_stored"].items(), key=lambda item: (-item[1], item[0]))
+        lines.append("  not stored: " + ", ".join(f"{n} {why}" for why, n in ranked))
+    lines += [f"  differed: {line}" for line in lowering["mismatches"]]
+    return lines
 
 
 def _sources(snapshot: Snapshot) -> list[str]:

@@ -15,9 +15,9 @@ from typing import Any
 from pytest_jaxcache.environment import InstallFacts
 from pytest_jaxcache.reasons import Miss
 from pytest_jaxcache.recorder import CompileRecord, Counts, Records, TestRecord
-from pytest_jaxcache.stats import RemoteStats, StoreStats
+from pytest_jaxcache.stats import LoweringStats, RemoteStats, StoreStats
 
-VERSION = 3
+VERSION = 4
 EXCHANGE_KEY = "jaxcache"  # in workerinput (controller -> worker) and workeroutput
 
 
@@ -39,6 +39,7 @@ class WorkerReport:
     prefetched: list[str] = field(default_factory=list)  # entries it downloaded ahead
     fingerprint: dict[str, str] = field(default_factory=dict)  # stamped on its entries
     shard: dict[str, Any] | None = None  # a shard's selection: what it ran and predicted
+    lowering: LoweringStats | None = None  # the lowering tier's figures, when it was on
 
     def to_builtins(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class WorkerReport:
             "prefetched": list(self.prefetched),
             "fingerprint": dict(self.fingerprint),
             "shard": None if self.shard is None else dict(self.shard),
+            "lowering": None if self.lowering is None else asdict(self.lowering),
         }
 
     @classmethod
@@ -82,6 +84,7 @@ class WorkerReport:
             prefetched=[str(name) for name in data["prefetched"]],
             fingerprint={str(k): str(v) for k, v in data["fingerprint"].items()},
             shard=None if data["shard"] is None else dict(data["shard"]),
+            lowering=None if data["lowering"] is None else LoweringStats(**data["lowering"]),
         )
 
 

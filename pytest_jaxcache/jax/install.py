@@ -17,6 +17,7 @@ creates an array, logs or warns at install time: user suites assert all of those
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,8 @@ from pytest_jaxcache.jax import adapter, keyparts, runtime, signals
 from pytest_jaxcache.jax.importing import import_jax, version
 from pytest_jaxcache.jax.installation import JAX_STORE, NO_STORE, Installation
 from pytest_jaxcache.recorder import Recorder
-from pytest_jaxcache.settings import Settings
+from pytest_jaxcache.settings import Lowering, Settings
+from pytest_jaxcache.stats import LoweringStats
 
 if TYPE_CHECKING:
     from pytest_jaxcache.keydump import KeyDump
@@ -38,11 +40,13 @@ def install(
     store: Store | None,
     location: str | None,
     key_dump: KeyDump | None = None,
+    mismatch_dir: Path | None = None,
 ) -> Installation:
     """Configure JAX's persistent cache for this process. JAX is pointed at ``location``
     (``None``: no usable cache, lookups off) and served by ``store`` (``None``: JAX's own
     file store); ``key_dump`` writes the key inputs of the programs it wants
-    (``--jax-cache-explain``)."""
+    (``--jax-cache-explain``); the lowering tier's verify mode writes the modules that
+    differ under ``mismatch_dir``."""
     jax = import_jax()
     installation = Installation(
         JAX_STORE, jax_version=version("jax"), jaxlib_version=version("jaxlib")
@@ -66,6 +70,8 @@ def install(
             store.single_flight = False  # nothing would release a claim
         signals.shim_warnings(installation, recorder)
         signals.hear_compile_logs(installation, recorder)
+        if store is not None and settings.lowering is not Lowering.OFF:
+            _install_lowering(installation, store, settings.lowering, mismatch_dir)
         if location is not None:
             runtime.reset_persistent_cache()  # a cache initialised before us is dropped
         signals.register_listeners(jax, installation, recorder)
@@ -73,6 +79,18 @@ def install(
         installation.uninstall()  # half a configuration is worse than none
         raise
     return installation
+
+
+def _install_lowering(
+    installation: Installation, store: Store, mode: Lowering, mismatch_dir: Path | None
+) -> None:
+    """Step 7: the lowering tier, serving modules from our store's own namespace."""
+    from pytest_jaxcache.jax import lowering
+
+    stats = LoweringStats()
+    where = (mismatch_dir or Path.cwd()) / "lowering"
+    if lowering.install(installation, store, mode, stats, where):
+        installation.lowering = stats
 
 
 def _reset() -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_jaxcache.environment import InstallFacts
+from pytest_jaxcache.stats import LoweringStats
 
 OUR_STORE = "pytest-jaxcache store"
 JAX_STORE = "JAX's file store"
@@ -25,6 +26,7 @@ class Installation:
     jaxlib_version: str | None = None
     # Called once, inside the first compile that reaches our store (a backend exists).
     on_first_compile: Callable[[], None] | None = None
+    lowering: LoweringStats | None = None  # the lowering tier's figures, when it runs
     _undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
     @property
