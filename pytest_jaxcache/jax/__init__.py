@@ -10,6 +10,8 @@ feature-detected: without it, one notice and a working (if less informed) sessio
 - ``keyparts``     the parts of each cache key, as JAX hashes them
 - ``signals``      what JAX says: its log (why not written), its warnings, its events
 - ``lowering``     the lowering tier: lowered modules served from the store
+- ``lowering_key`` the exact key of one lowering, or why a program has none
+- ``lowering_entry`` the bytes of one stored lowered module, checked when read
 - ``fingerprint``  what this process's entries depend on besides the program
 - ``runtime``      public JAX calls the plugin makes during tests
 """

@@ -133,6 +133,150 @@ CACHED_LOWERING = Private(
     "lowers a jaxpr to a module: the lowering tier serves modules here",
     "the lowering tier is off (every program is lowered)",
 )
+# The lowering tier's other names (pytest_jaxcache.jax.lowering, .lowering_key): without
+# one of the required ones the tier is off, like without CACHED_LOWERING.
+_TIER_OFF = "the lowering tier is off (every program is lowered)"
+PXLA_LOGGER = Private(
+    "jax._src.interpreters.pxla",
+    "logger",
+    "logs each lowering: while it would, the lowering tier stands aside",
+    _TIER_OFF,
+)
+DISPATCH_LOGGER = Private(
+    "jax._src.dispatch",
+    "logger",
+    "logs each lowering's time: while it would, the lowering tier stands aside",
+    _TIER_OFF,
+)
+MAKE_IR_CONTEXT = Private(
+    "jax._src.interpreters.mlir",
+    "make_ir_context",
+    "the MLIR context a served module is parsed into",
+    _TIER_OFF,
+)
+MODULE_TO_BYTECODE = Private(
+    "jax._src.interpreters.mlir",
+    "module_to_bytecode",
+    "writes a lowered module as MLIR bytecode for the lowering tier",
+    _TIER_OFF,
+)
+SHAPE_POLY_STATE = Private(
+    "jax._src.interpreters.mlir",
+    "ShapePolyLoweringState",
+    "rebuilds the shape polymorphism state of a served module (none)",
+    _TIER_OFF,
+)
+LOWERING_RULES = Private(
+    "jax._src.interpreters.mlir",
+    "_lowerings",
+    "the lowering rules of every primitive: part of each lowering key",
+    _TIER_OFF,
+)
+PLATFORM_LOWERING_RULES = Private(
+    "jax._src.interpreters.mlir",
+    "_platform_specific_lowerings",
+    "the platform-specific lowering rules: part of each lowering key",
+    _TIER_OFF,
+)
+# JAX 0.6 has no uncacheable lowering rules (register_lowering has no cacheable=).
+UNCACHEABLE_PRIMITIVES = Private(
+    "jax._src.interpreters.mlir",
+    "_uncacheable_primitives",
+    "which lowering rules JAX never caches per module: part of each lowering key",
+    _TIER_OFF,
+    ("0.10.2", "0.12.0.1"),
+)
+LOWERING_PARAMETERS = Private(
+    "jax._src.interpreters.mlir",
+    "LoweringParameters",
+    "the lowering options each lowering gets: read field by field into its key",
+    _TIER_OFF,
+)
+MLIR_IR = Private(
+    "jax._src.lib.mlir",
+    "ir",
+    "MLIR's Python bindings as JAX loads them: parses a served module",
+    _TIER_OFF,
+)
+WEAKREF_LRU_CACHE = Private(
+    "jax._src.util",
+    "weakref_lru_cache",
+    "the in-memory cache JAX keeps in front of each lowering: kept in front of the tier",
+    _TIER_OFF,
+)
+CONFIG = Private(
+    "jax._src.config",
+    "config",
+    "every configuration option (its _value_holders): part of each lowering key",
+    _TIER_OFF,
+)
+TRACE_CONTEXT = Private(
+    "jax._src.config",
+    "trace_context",
+    "the thread's tracing context (meshes, x64, precision): part of each lowering key",
+    _TIER_OFF,
+)
+CURRENT_SOURCE_INFO = Private(
+    "jax._src.source_info_util",
+    "current",
+    "the Python stack JAX writes into every location of a module: part of its key",
+    _TIER_OFF,
+)
+IS_USER_FILENAME = Private(
+    "jax._src.source_info_util",
+    "is_user_filename",
+    "which frames JAX writes into locations: only those go into a lowering key",
+    _TIER_OFF,
+)
+EXCLUDE_PATHS = Private(
+    "jax._src.source_info_util",
+    "_exclude_paths",
+    "the files JAX leaves out of locations: the lowering tier's own are added",
+    _TIER_OFF,
+)
+EXCLUDE_PATH_REGEX = Private(
+    "jax._src.source_info_util",
+    "_exclude_path_regex",
+    "JAX's cached pattern of _exclude_paths: cleared when the tier's files are removed",
+    _TIER_OFF,
+)
+INCLUDE_PATHS = Private(
+    "jax._src.source_info_util",
+    "_include_paths",
+    "the files JAX writes into locations whatever their place: tells a filter change",
+    _TIER_OFF,
+)
+REGISTER_EXCLUSION = Private(
+    "jax._src.source_info_util",
+    "register_exclusion",
+    "leaves the lowering tier's own frames out of every location",
+    _TIER_OFF,
+)
+XLA_CLIENT = Private(
+    "jax._src.lib",
+    "xla_client",
+    "its Traceback: the frames of each traceback, as JAX writes them into locations",
+    _TIER_OFF,
+)
+DROP_VAR = Private(
+    "jax._src.core",
+    "DropVar",
+    "an unused equation output: told apart from a variable in a lowering key",
+    _TIER_OFF,
+)
+CUSTOM_DERIVATIVE_LOWERING = Private(
+    "jax._src.custom_derivatives",
+    "_custom_jvp_vjp_call_lowering",
+    "the lowering rule of custom_jvp/custom_vjp calls, which never reads their "
+    "derivative rules: those stay out of the lowering key",
+    "programs with custom derivatives (custom_jvp, custom_vjp) are never served",
+)
+HASH_COMPUTATION = Private(
+    "jax._src.cache_key",
+    "_hash_computation",
+    "hashes a module into its cache key: a served module is checked against its record",
+    "served modules are not checked against the digest recorded when they were written",
+)
 
 ALL = (
     GET_FILE_CACHE,
@@ -150,6 +294,29 @@ ALL = (
     ZSTD,
     ZSTANDARD,
     CACHED_LOWERING,
+    PXLA_LOGGER,
+    DISPATCH_LOGGER,
+    MAKE_IR_CONTEXT,
+    MODULE_TO_BYTECODE,
+    SHAPE_POLY_STATE,
+    LOWERING_RULES,
+    PLATFORM_LOWERING_RULES,
+    UNCACHEABLE_PRIMITIVES,
+    LOWERING_PARAMETERS,
+    MLIR_IR,
+    WEAKREF_LRU_CACHE,
+    CONFIG,
+    TRACE_CONTEXT,
+    CURRENT_SOURCE_INFO,
+    IS_USER_FILENAME,
+    EXCLUDE_PATHS,
+    EXCLUDE_PATH_REGEX,
+    INCLUDE_PATHS,
+    REGISTER_EXCLUSION,
+    XLA_CLIENT,
+    DROP_VAR,
+    CUSTOM_DERIVATIVE_LOWERING,
+    HASH_COMPUTATION,
 )
 
 ABSENT = object()
