@@ -93,7 +93,7 @@ def _run_variant(key: str, dirs: Dirs, workspace: Workspace) -> tuple[Run, int]:
         )
         return run, count_files(dirs.jax_cache, "-cache")
     run = run_pytest(
-        [*BASE_ARGS, "--jax-cache-dir", str(dirs.plugin_cache)],
+        [*BASE_ARGS, f"--jax-cache-dir={dirs.plugin_cache}"],
         cwd=dirs.suite,
         workspace=workspace,
         report=workspace.path(f"report-{key}.json"),

@@ -11,17 +11,22 @@ suite, each with a fresh local ``--jax-cache-dir`` unless said:
 - (e) the same with ``--jax-cache-prefetch=no`` (read-through, lookup by lookup);
 - (f) remote down: the endpoint is a 127.0.0.1 port where nothing listens;
 - (g) remote silent: a server that accepts connections and never answers
-  (``silent_server``), the default ``--jax-cache-remote-timeout``.
+  (``silent_server``), the default ``--jax-cache-remote-timeout``;
+- (h) cold with ``-n 2``, no remote, and (i) the same with a remote that answers the
+  bucket probe and then stalls (``stalling_proxy`` in front of the S3 server, answering
+  only ``HEAD`` requests), ``--jax-cache-remote-timeout=5``: the remote must cost the
+  session at most one deadline, whatever the number of workers.
 
-Each repeat runs the blocks (a, c), (b, d, e), (f), (g) in a rotated order; figures are
-ratios within the repeat. (d) and (e) must hit every cachable program, all of them
-served by the remote.
+Each repeat runs the blocks (a, c), (b, d, e), (f), (g), (h, i) in a rotated order;
+figures are ratios within the repeat. (d) and (e) must hit every cachable program, all
+of them served by the remote; (f), (g) and (i) must turn the remote off.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +57,7 @@ from benchlib import (
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
-from emulators import Emulator, free_port, silent_server, start_s3
+from emulators import Emulator, free_port, silent_server, stalling_proxy, start_s3
 
 NAME = "remote"
 TITLE = "Bench: remote tier (S3 on a local moto server)"
@@ -65,13 +70,18 @@ LABELS = {
     "e": "(e) fresh machine, `--jax-cache-prefetch=no`",
     "f": "(f) remote down (nothing listens on its port)",
     "g": "(g) remote silent (accepts, never answers; default timeout)",
+    "h": "(h) cold, `-n 2`, no remote",
+    "i": "(i) cold, `-n 2`, remote answers the bucket probe, then stalls",
 }
-BLOCKS: tuple[tuple[str, ...], ...] = (("a", "c"), ("b", "d", "e"), ("f",), ("g",))
-WITH_REMOTE = ("b", "d", "e", "f", "g")
+BLOCKS: tuple[tuple[str, ...], ...] = (("a", "c"), ("b", "d", "e"), ("f",), ("g",), ("h", "i"))
+WITH_REMOTE = ("b", "d", "e", "f", "g", "i")
 FROM_REMOTE = ("d", "e")
-REMOTE_OFF = ("f", "g")
+REMOTE_OFF = ("f", "g", "i")
+XDIST = ("h", "i")
 COLD_TARGET = 1.05  # (b) / (a) and (f) / (a)
 FRESH_TARGET = 1.3  # (d) / (c)
+STALL_TIMEOUT_SECS = 5.0  # --jax-cache-remote-timeout of (i)
+STALL_TARGET = 1.0  # ((i) - (h)) / the timeout: at most one deadline
 
 
 def repeats(quick: bool) -> int:
@@ -103,14 +113,16 @@ class Repeat:
 @dataclass(frozen=True)
 class Servers:
     """Where each variant's remote points: the live emulator, a dead port, a silent
-    server."""
+    server, a proxy that answers the bucket probe and stalls every other request."""
 
     s3: Emulator
     dead: str
     silent: str
+    stalling: str
 
     def env(self, key: str) -> dict[str, str]:
-        endpoint = {"f": self.dead, "g": self.silent}.get(key, self.s3.endpoint)
+        endpoints = {"f": self.dead, "g": self.silent, "i": self.stalling}
+        endpoint = endpoints.get(key, self.s3.endpoint)
         return {**self.s3.env, "FSSPEC_S3_ENDPOINT_URL": endpoint}
 
 
@@ -155,11 +167,15 @@ def _check(key: str, outcome: Outcome) -> None:
 
 
 def _args(key: str, cache: Path, url: str) -> list[str]:
-    args = [*BASE_ARGS, "--jax-cache-dir", str(cache)]
+    args = [*BASE_ARGS, f"--jax-cache-dir={cache}"]
     if key in WITH_REMOTE:
         args.append(f"--jax-cache-remote={url}")
     if key == "e":
         args.append("--jax-cache-prefetch=no")
+    if key in XDIST:
+        args += ["-n", "2"]
+    if key == "i":
+        args.append(f"--jax-cache-remote-timeout={STALL_TIMEOUT_SECS:g}")
     return args
 
 
@@ -200,6 +216,14 @@ def _vs(repeats_: list[Repeat], key: str, base: str, cpu: bool = False) -> Summa
 
     return summarise(
         ratio(figure(r.outcomes[key].run), figure(r.outcomes[base].run)) for r in repeats_
+    )
+
+
+def _stall_cost(repeats_: list[Repeat]) -> Summary:
+    """Over repeats: ((i) wall - (h) wall) / (i)'s remote timeout."""
+    return summarise(
+        (r.outcomes["i"].run.wall_secs - r.outcomes["h"].run.wall_secs) / STALL_TIMEOUT_SECS
+        for r in repeats_
     )
 
 
@@ -256,6 +280,14 @@ def _target_rows(repeats_: list[Repeat]) -> list[list[str]]:
         _target_row("(e) no prefetch / (c) local warm, wall", _vs(repeats_, "e", "c"), None),
         _target_row("(e) no prefetch / (d) prefetch, wall", _vs(repeats_, "e", "d"), None),
         _target_row("(g) remote silent / (a) cold, wall", _vs(repeats_, "g", "a"), None),
+        _target_row(
+            "(i) stalling remote / (h) no remote, `-n 2`, wall", _vs(repeats_, "i", "h"), None
+        ),
+        _target_row(
+            f"((i) - (h)) / timeout ({STALL_TIMEOUT_SECS:g} s): deadlines the stall cost",
+            _stall_cost(repeats_),
+            STALL_TARGET,
+        ),
     ]
 
 
@@ -265,8 +297,13 @@ def _measure(ctx: Context, suite: Path) -> list[Repeat]:
     log(f"{NAME}: starting moto's S3 server on 127.0.0.1")
     s3 = start_s3()
     try:
-        with silent_server() as silent:
-            servers = Servers(s3, f"http://127.0.0.1:{free_port()}", silent)
+        with ExitStack() as stack:
+            silent = stack.enter_context(silent_server())
+            proxy = stack.enter_context(
+                stalling_proxy(s3.endpoint, lambda method, _path: method == "HEAD")
+            )
+            dead = f"http://127.0.0.1:{free_port()}"
+            servers = Servers(s3, dead, silent, proxy.endpoint)
             return [_run_repeat(i, total, suite, servers, ctx.workspace) for i in range(total)]
     finally:
         s3.kill()
@@ -279,10 +316,10 @@ def run(ctx: Context) -> str:
     repeats_ = _measure(ctx, suite)
     intro = (
         f"Suite: {ctx.suite_label()}, `python -m pytest -q -p no:randomly -p no:cacheprovider "
-        "--jax-cache-dir DIR [--jax-cache-remote=s3://jaxcache/PREFIX]`, the S3 client "
+        "--jax-cache-dir=DIR [--jax-cache-remote=s3://jaxcache/PREFIX]`, the S3 client "
         "pointed at moto's server on 127.0.0.1 by the environment (tests/emulators.py). "
-        f"{len(repeats_)} repeat(s); in each, the blocks (a, c), (b, d, e), (f), (g) run in "
-        "a rotated order and every ratio is taken within the repeat. Cells: median "
+        f"{len(repeats_)} repeat(s); in each, the blocks (a, c), (b, d, e), (f), (g), (h, i) "
+        "run in a rotated order and every ratio is taken within the repeat. Cells: median "
         "(min-max) over repeats; counts: median (min-max)."
     )
     headers = [
@@ -303,6 +340,8 @@ def run(ctx: Context) -> str:
         "Remote I/O = the report's `remote.io_secs`, summed over threads (background "
         "uploads overlap the tests), as a share of the run's wall time. A local server "
         "answers in well under a millisecond: these ratios are a floor for a real bucket, "
-        "where each read-through lookup of (b) and (e) costs a network round trip."
+        "where each read-through lookup of (b) and (e) costs a network round trip. "
+        "(h) and (i) run with `-n 2`; (i)'s proxy answers `HEAD` (the bucket probe) "
+        "and holds every other request unanswered."
     )
     return section(TITLE, intro, variants, targets, note)

@@ -94,7 +94,7 @@ def _outcome(run: Run) -> Outcome:
 
 def _run_variant(key: str, suite: Path, dirs: dict[str, Path], ws: Workspace) -> Outcome:
     cache = dirs[NO_SF] if key == NO_SF else dirs[SF]
-    args = [*BASE_ARGS, "--jax-cache-dir", str(cache)]
+    args = [*BASE_ARGS, f"--jax-cache-dir={cache}"]
     if key == NO_SF:
         args.append("--jax-cache-lock-timeout=0")
     run = run_pytest(args, cwd=suite, workspace=ws, report=ws.path(f"report-{key}.json"))
@@ -171,7 +171,7 @@ def run(ctx: Context) -> str:
     repeats_ = [_run_repeat(i, total, suite, ctx.workspace) for i in range(total)]
     intro = (
         f"Suite: {ctx.suite_label()}, `python -m pytest -q -p no:randomly "
-        f"-p no:cacheprovider -n 2 --jax-cache-dir DIR`, {total} repeat(s), each on "
+        f"-p no:cacheprovider -n 2 --jax-cache-dir=DIR`, {total} repeat(s), each on "
         "fresh directories, variants in a rotated order. Duplicate compiles = "
         "`store.writes` (all workers, JSON report) - entries after the run. Counts: "
         "median (min-max) over repeats; ratios to that repeat's single-flight cold run: "

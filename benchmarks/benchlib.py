@@ -1,6 +1,13 @@
 """Shared helpers: run pytest in a subprocess and time it, summarise ratios, render
 markdown. Nothing here prints an absolute time: benchmarks report ratios of variants
-measured side by side, because the machine they run on is shared and noisy."""
+measured side by side, because the machine they run on is shared and noisy.
+
+Every child process gets the environment of the tests' children: ``child_env()`` of
+``tests/helpers.py`` (imported from there, with ``tests/`` on ``sys.path``), which strips
+what steers JAX, the cache, xdist or CI; a benchmark that needs a variable passes it
+explicitly. This module imports nothing outside the standard library at import time, so
+that ``run.py --only installs`` runs on a bare Python (the CI job that measures installs
+has nothing installed yet)."""
 
 from __future__ import annotations
 
@@ -17,34 +24,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import benchmarks_compile_timer
-
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
+TESTS_DIR = REPO / "tests"
 EXAMPLES = REPO / "examples"
-TIMER_PLUGIN = benchmarks_compile_timer.__name__
-TIMER_ENV = benchmarks_compile_timer.ENV
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+TIMER_PLUGIN = "benchmarks_compile_timer"  # benchmarks/benchmarks_compile_timer.py
 # pytest-benchmark, where installed, warns under xdist, and examples/ turns warnings
 # into errors: it is blocked in every variant (a no-op where it is not installed).
 PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:benchmark")
+# Options that take a path are always given as ``--option=PATH``: pytest picks its rootdir
+# and ini file, before plugins add their options, from every argument naming an existing
+# path, so ``--jax-cache-dir PATH`` (PATH existing) changes the rootdir, every test id
+# with it, and drops the suite's pytest.ini.
 RUN_TIMEOUT_SECS = 900.0
-
-# Environment that would change what a benchmarked session does.
-_SCRUBBED_PREFIXES = (
-    "PYTEST_",
-    "JAX_COMPILATION_CACHE",
-    "JAX_PERSISTENT_CACHE",
-    "JAX_ENABLE_COMPILATION_CACHE",
-    "JAX_EXPLAIN_CACHE_MISSES",
-    "JAX_LOG_COMPILES",
-    "JAX_RAISE_PERSISTENT_CACHE_ERRORS",
-)
 
 T = TypeVar("T")
 
 
 class BenchError(RuntimeError):
     """A benchmarked run failed: its figures would mean nothing."""
+
+
+class BenchTimeout(BenchError):
+    """A timed command ran past its limit (and was killed)."""
 
 
 def log(message: str) -> None:
@@ -127,13 +131,33 @@ class Run:
 
 
 def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment, minus what would change the session, plus the
-    benchmarks directory on ``PYTHONPATH`` (for ``-p benchmarks_compile_timer``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+    """The tests' child environment (``helpers.child_env``: nothing that steers JAX, the
+    cache, xdist or CI), with the benchmarks directory and ``tests/`` on ``PYTHONPATH``
+    (for ``-p benchmarks_compile_timer`` and ``-p hide_seams``), plus ``extra``."""
+    from helpers import child_env  # tests/helpers.py: imports pytest and the plugin
+
+    env = child_env()
     path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(BENCH_DIR) + (os.pathsep + path if path else "")
+    env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), str(TESTS_DIR), *([path] if path else [])])
     env.update(extra or {})
     return env
+
+
+def pythonpath(*first: Path) -> str:
+    """A ``PYTHONPATH`` value for ``extra_env``: ``first``, then what
+    :func:`subprocess_env` puts there (the benchmarks directory and ``tests/``)."""
+    return os.pathsep.join(str(path) for path in (*first, BENCH_DIR, TESTS_DIR))
+
+
+def bytecode_env(workspace: Workspace) -> dict[str, str]:
+    """Bytecode written and read under the workspace (``PYTHONPYCACHEPREFIX``), even where
+    ``PYTHONDONTWRITEBYTECODE`` is set: the plugin's modules, pytest's and the suite's are
+    then loaded from bytecode after the first run, as on a user's machine, and nothing is
+    written into the repository."""
+    return {
+        "PYTHONDONTWRITEBYTECODE": "",
+        "PYTHONPYCACHEPREFIX": str(workspace.root / "pycache"),
+    }
 
 
 def run_pytest(
@@ -152,15 +176,17 @@ def run_pytest(
     pytest-jaxcache JSON report is written there and read back. Raises
     :class:`BenchError` when pytest does not exit 0.
     """
-    env = dict(extra_env or {})
+    env = {**bytecode_env(workspace), **(extra_env or {})}
     command = [*PYTEST, *args]
     timer_dir: Path | None = None
     if timer:
+        from benchmarks_compile_timer import ENV as TIMER_ENV  # imports pytest
+
         timer_dir = workspace.fresh("timer")
         env[TIMER_ENV] = str(timer_dir)
         command += ["-p", TIMER_PLUGIN]
     if report is not None:
-        command += ["--jax-cache-report", str(report)]
+        command.append(f"--jax-cache-report={report}")
     timed = run_timed(command, cwd=cwd, env=subprocess_env(env))
     secs, files = read_timer(timer_dir) if timer_dir is not None else (0.0, 0)
     data = json.loads(report.read_text()) if report is not None else None
@@ -177,23 +203,34 @@ class Timed:
 
 
 def run_timed(
-    command: Sequence[str | os.PathLike[str]], *, cwd: Path, env: Mapping[str, str] | None = None
+    command: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = RUN_TIMEOUT_SECS,
 ) -> Timed:
-    """Run ``command`` in ``cwd`` and time it; raise :class:`BenchError` unless it
-    exits 0 (with the tail of its output)."""
+    """Run ``command`` in ``cwd`` (environment: ``env``, else :func:`subprocess_env`) and
+    time it; raise :class:`BenchError` unless it exits 0 (with the tail of its output),
+    :class:`BenchTimeout` when it runs past ``timeout`` seconds."""
     argv = [str(part) for part in command]
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(
-        argv,
-        cwd=cwd,
-        env=None if env is None else dict(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=RUN_TIMEOUT_SECS,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=dict(env) if env is not None else subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as expired:
+        out = expired.output or ""
+        text = out.decode(errors="replace") if isinstance(out, bytes) else out
+        tail = "\n".join(text.splitlines()[-40:])
+        raise BenchTimeout(f"timed out after {timeout:.0f} s: {' '.join(argv)}\n{tail}") from None
     wall = time.perf_counter() - started
     cpu = _cpu_secs(resource.getrusage(resource.RUSAGE_CHILDREN)) - _cpu_secs(usage)
     if done.returncode != 0:
@@ -339,6 +376,37 @@ def alternate(
     return summarise(walls), summarise(cpus)
 
 
+def interleave(
+    repeats: int, label: str, variants: Mapping[str, Callable[[int], T]]
+) -> list[dict[str, T]]:
+    """Run every variant once per repeat, back to back, the order rotating from repeat to
+    repeat (``variants[name](repeat_index)``); return each repeat's results by name."""
+    names = list(variants)
+    results: list[dict[str, T]] = []
+    for index in range(repeats):
+        log(f"{label}: repeat {index + 1}/{repeats}")
+        done: dict[str, T] = {}
+        for name in rotate(names, index):
+            done[name] = variants[name](index)
+        results.append(done)
+    return results
+
+
+def ratios(
+    repeats: Sequence[Mapping[str, Any]], top: str, bottom: str, figure: Callable[[Any], float]
+) -> Summary:
+    """Over repeats: ``figure`` of variant ``top`` / that of ``bottom`` in the same repeat."""
+    return summarise(ratio(figure(r[top]), figure(r[bottom])) for r in repeats)
+
+
+def wall(run: Run | Timed) -> float:
+    return run.wall_secs
+
+
+def cpu(run: Run | Timed) -> float:
+    return run.cpu_secs
+
+
 def pair_row(label: str, figures: tuple[Summary, Summary], target: float | None) -> list[object]:
     """A table row of :func:`alternate`'s figures: label, pairs, wall and CPU ratios,
     and the wall ratio's target and verdict (``None``: no target)."""
@@ -377,7 +445,7 @@ class PluginVariant:
         self.warm_cache = workspace.path("warm-cache")
 
     def run(self, cache: Path) -> Run:
-        args = ["-p", "no:cacheprovider", "--jax-cache-dir", str(cache), *self.args]
+        args = ["-p", "no:cacheprovider", f"--jax-cache-dir={cache}", *self.args]
         report = self.workspace.path("report.json")
         return run_pytest(
             args, cwd=self.suite, workspace=self.workspace, extra_env=self.env, report=report
