@@ -92,7 +92,10 @@ def compiled_by_name(report: dict[str, Any]) -> dict[str, int]:
 # -- one cache for a fleet -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefetch", ["yes", "no"])
+# Bulk prefetch on S3, read-through on GCS (test_hostile_remote prefetches from GCS).
+@pytest.mark.parametrize(
+    ("emulator", "prefetch"), [("s3", "yes"), ("gcs", "no")], indirect=["emulator"]
+)
 def test_a_second_machine_gets_every_program_from_the_remote(
     tmp_path: Path, emulator: Emulator, url: str, prefetch: str
 ) -> None:
