@@ -36,7 +36,6 @@ from functools import partial
 from pathlib import Path
 
 from benchlib import (
-    REPO,
     BenchError,
     Context,
     Run,
@@ -59,9 +58,7 @@ from benchlib import (
     verdict,
 )
 
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
-
+# tests/ is on sys.path: benchlib puts it there.
 from emulators import Emulator, object_sizes, start_s3
 
 from pytest_jaxcache.keys import file_name

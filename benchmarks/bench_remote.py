@@ -24,7 +24,6 @@ of them served by the remote; (f), (g) and (i) must turn the remote off.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (
-    REPO,
     BenchError,
     Context,
     Run,
@@ -54,9 +52,7 @@ from benchlib import (
     worst_rate,
 )
 
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
-
+# tests/ is on sys.path: benchlib puts it there.
 from emulators import Emulator, free_port, silent_server, stalling_proxy, start_s3
 
 NAME = "remote"

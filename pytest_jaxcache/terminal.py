@@ -135,10 +135,12 @@ def shard_figures(shard: Mapping[str, Any]) -> str:
 
 def lowering_figures(lowering: Mapping[str, Any]) -> str:
     """What the lowering tier did, in one line."""
+    # Not stored counts programs never looked up (no exact key) and misses that were
+    # not written: no sum of these figures is another of them.
     not_stored = sum(lowering["not_stored"].values())
     line = (
-        f"{lowering['hits']} modules served, {lowering['misses']} lowered "
-        f"({lowering['stored']} stored, {not_stored} not stored); "
+        f"{lowering['hits']} modules served, {lowering['misses']} missed, "
+        f"{lowering['stored']} stored, {not_stored} not stored; "
         f"{format_secs(lowering['saved_secs'])} saved"
     )
     if lowering["mode"] == "verify":

@@ -1,10 +1,13 @@
-"""The README's commands work as written, on a fresh machine: each code block the README
-marks ``<!-- tested: NAME -->`` is pasted into a shell, in a fresh virtual environment,
-with the system's pip and with the newest pip. They install JAX and more: behind the
-``readme`` marker, which the project's workflow runs (``pytest -m readme``)."""
+"""The README says what the code does. Its tables and maps are checked against the code
+(the options, the modules, the cache directory's layout). Its commands work as written,
+on a fresh machine: each code block the README marks ``<!-- tested: NAME -->`` is pasted
+into a shell, in a fresh virtual environment, with the system's pip and with the newest
+pip. Those install JAX and more: behind the ``readme`` marker, which the project's
+workflow runs (``pytest -m readme``)."""
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -14,13 +17,65 @@ from pathlib import Path
 import pytest
 from helpers import PROJECT, run_command
 
+from pytest_jaxcache import layout, settings
+
 README = PROJECT / "README.md"
+PACKAGE = PROJECT / "pytest_jaxcache"
 _TESTED = re.compile(r"<!-- tested: ([\w-]+) -->\n```[a-z]*\n(.*?)```", re.S)
 
 
 def blocks() -> dict[str, str]:
     """The README's tested blocks, by name."""
     return {name: body for name, body in _TESTED.findall(README.read_text())}
+
+
+def block_after(heading: str) -> str:
+    """The first code block after ``heading`` (a line of the README)."""
+    text = README.read_text()
+    start = text.index(f"\n{heading}\n")
+    return text[text.index("```", start) :].split("```")[1]
+
+
+def test_the_options_table_is_the_option_table() -> None:
+    """Each row of the README's options table is an option of ``settings.OPTIONS``, with
+    exactly the spellings it has (command line, ini, environment), and every option has
+    a row."""
+    text = README.read_text()
+    table = text[text.index("| command line | ini |") :].split("\n\n")[0].splitlines()[2:]
+    rows = {}
+    for row in table:
+        cells = row.split("|")[1:4]
+        names = [re.findall(r"`([^`=]+)", cell)[:1] for cell in cells]
+        rows[names[0][0]] = (names[1][0] if names[1] else None, names[2][0] if names[2] else None)
+    assert rows == {option.cli: (option.ini, option.env) for option in settings.OPTIONS}
+
+
+def test_the_module_map_names_every_module_once() -> None:
+    """The README's map of the package lists every module, and nothing else; every
+    module says in its docstring what it is for."""
+    listed, package = [], ""
+    for line in block_after("### Layout").splitlines()[2:]:
+        name = line.split()[0]
+        if name.endswith("/"):
+            package = name
+        else:
+            listed.append(package + name if line.startswith("    ") else name)
+    found = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    )
+    assert sorted(listed) == found
+    for path in PACKAGE.rglob("*.py"):
+        assert ast.get_docstring(ast.parse(path.read_text())), f"{path} says nothing"
+
+
+def test_the_directory_tree_names_every_part_of_the_layout() -> None:
+    """The README's picture of a cache directory names each sub-directory and file of
+    ``layout.py``."""
+    tree = block_after("## How it works")
+    for name in (*layout.SUBDIRECTORIES, *layout.FILES):
+        assert name in tree, name
 
 
 def test_the_tested_blocks_are_the_quick_start() -> None:
