@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,7 @@ class CacheSession:
                 f"with a remote tier, jax_persistent_cache_enable_xla_caches is none "
                 f"(not {self.settings.xla_caches!r})"
             )
-            self.settings = replace(self.settings, xla_caches="none")
+            self.settings = self.settings._replace(xla_caches="none")
 
     def _session_id(self) -> str:
         """What the processes of this session share (the controller's start time)."""

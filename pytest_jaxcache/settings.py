@@ -17,8 +17,8 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
@@ -473,9 +473,12 @@ OPTIONS: tuple[Option[Any], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The resolved configuration of one pytest session."""
+_NO_SOURCES: Mapping[str, Source] = MappingProxyType({})
+
+
+class Settings(NamedTuple):
+    """The resolved configuration of one pytest session. (A named tuple, not a frozen
+    dataclass: generating a dataclass's methods would cost every session a few ms.)"""
 
     location: Location = DIR.default
     min_compile_time_secs: float = MIN_COMPILE_TIME.default
@@ -501,7 +504,7 @@ class Settings:
     shard: Shard | None = SHARD.default
     timeline_path: Path | None = TIMELINE.default
     lowering: Lowering = LOWERING.default
-    sources: Mapping[str, Source] = field(default_factory=dict)
+    sources: Mapping[str, Source] = _NO_SOURCES
 
     def source(self, option: Option[Any]) -> Source:
         return self.sources.get(option.attr, DEFAULT)
@@ -593,5 +596,5 @@ def resolve(raw: Mapping[Option[Any], Raw], *, rootpath: Path, invocation_dir: P
         )
     wants_dir = resolved.explain or resolved.lowering is Lowering.VERIFY
     if wants_dir and resolved.explain_dir is None:  # verify writes the modules that differ
-        resolved = replace(resolved, explain_dir=invocation_dir / DEFAULT_EXPLAIN_DIR)
+        resolved = resolved._replace(explain_dir=invocation_dir / DEFAULT_EXPLAIN_DIR)
     return resolved
