@@ -151,7 +151,7 @@ class CacheSession:
             return
         self.notices.extend(self.installation.notices)
         if self.store is not None and self.installation.ours:
-            self.installation.on_first_compile = self._first_compile
+            self.installation.on_first_use = self._first_use
 
     def _key_dump(self) -> KeyDump | None:
         """``--jax-cache-explain``'s writer, when it has programs to match and a store
@@ -257,8 +257,8 @@ class CacheSession:
         self.notices.append(f"{root} is {why}: using it read-only")
         self.mode = Mode.READONLY
 
-    def _first_compile(self) -> None:
-        """Called inside the first compile, when the backend exists: fix which machine's
+    def _first_use(self) -> None:
+        """Called inside the first compile or lowering, when the backend exists: fix which machine's
         namespace this process reads and writes, what its entries record about the
         session's environment, and prefetch what earlier sessions used."""
         from pytest_jaxcache.jax.fingerprint import fingerprint

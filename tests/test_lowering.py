@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from helpers import Session, run_session, write_files
 
+from pytest_jaxcache.jax.lowering import STORE_REFUSED
+
 SUITE = {
     "conftest.py": """
         import os
@@ -260,6 +262,9 @@ def test_a_warm_session_serves_every_module_it_stored(
     _, runs = sessions
     cold, warm = runs["cold"].report["lowering"], runs["warm"].report["lowering"]
     assert cold["mode"] == "on" and cold["ran"] and cold["hits"] == 0 and cold["stored"] > 0
+    # Every miss is stored, the process's first lowering too (it comes before the first
+    # compile, which used to be what bound the store to this machine's namespace).
+    assert cold["stored"] == cold["misses"] and STORE_REFUSED not in cold["not_stored"]
     assert (warm["hits"], warm["stored"]) == (cold["stored"], 0)
     assert warm["saved_secs"] > 0
     for test in [*CHANGED, *SAME]:

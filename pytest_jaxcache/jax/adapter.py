@@ -56,11 +56,6 @@ def _adapter_class(interface: type) -> type:
             self._dumped: set[str] = set()
             self._path = store.root  # JAX's reset_cache() names it in a log line
 
-        def _first_use(self) -> None:
-            hook, self._installation.on_first_compile = self._installation.on_first_compile, None
-            if hook is not None:
-                hook()
-
         def _dump(self, key: str, hit: bool) -> None:
             """``--jax-cache-explain``: the key's inputs, once per key and session."""
             dump, parts = self._key_dump, self._key_parts
@@ -73,7 +68,7 @@ def _adapter_class(interface: type) -> type:
 
         def get(self, key: str) -> bytes | None:
             try:
-                self._first_use()
+                self._installation.first_use()
                 found = self._store.get(key)
                 entry = found.entry
                 self._recorder.note_lookup(

@@ -24,8 +24,9 @@ class Installation:
     notices: list[str] = field(default_factory=list)
     jax_version: str | None = None
     jaxlib_version: str | None = None
-    # Called once, inside the first compile that reaches our store (a backend exists).
-    on_first_compile: Callable[[], None] | None = None
+    # Called once, inside the first compile or lowering that reaches our store (a backend
+    # exists by then): it binds the store to this machine's namespace.
+    on_first_use: Callable[[], None] | None = None
     lowering: LoweringStats | None = None  # the lowering tier's figures, when it runs
     _undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
@@ -36,6 +37,13 @@ class Installation:
     @property
     def facts(self) -> InstallFacts:
         return InstallFacts(self.store_kind, self.jax_version, self.jaxlib_version)
+
+    def first_use(self) -> None:
+        """Run :attr:`on_first_use` once. The lowering tier reaches the store before the
+        first compile does (a program is lowered, then compiled), so both call this."""
+        hook, self.on_first_use = self.on_first_use, None
+        if hook is not None:
+            hook()
 
     def add_undo(self, what: str, undo: Callable[[], None]) -> None:
         """``undo`` runs at :meth:`uninstall`, after everything added later."""

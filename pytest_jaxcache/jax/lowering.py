@@ -272,7 +272,8 @@ def install(
         installation.notices.append(seams.missing(seams.CUSTOM_DERIVATIVE_LOWERING))
     if found.hash_computation is None:
         installation.notices.append(seams.missing(seams.HASH_COMPUTATION, "a function"))
-    tier = _Tier(found, store, mode is Lowering.VERIFY, stats, mismatch_dir)
+    verify = mode is Lowering.VERIFY
+    tier = _Tier(found, store, verify, stats, mismatch_dir, installation.first_use)
     _exclude_own_frames(installation, found)
     pxla = importlib.import_module(seams.CACHED_LOWERING.module)
     installation.patch(pxla, seams.CACHED_LOWERING.name, found.weakref_lru_cache(tier))
@@ -418,6 +419,7 @@ class _Tier:
         verify: bool,
         stats: LoweringStats,
         mismatch_dir: Path,
+        first_use: Callable[[], None],
     ) -> None:
         self._seam = seam
         self._store = store
@@ -431,6 +433,9 @@ class _Tier:
         # id(module) -> (module, key, recorded digest): served, not hashed by JAX yet
         self._served: OrderedDict[int, tuple[Any, str, str | None]] = OrderedDict()
         self._poisoned: set[str] = set()  # keys whose entries failed the free check
+        # Binds the store to this machine's namespace: a program is lowered before it is
+        # compiled, so the tier reaches the store before the first compile does.
+        self._first_use = first_use
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -518,6 +523,7 @@ class _Tier:
         if key in self._poisoned:
             return None
         try:
+            self._first_use()
             data = self._store.get_lowered(key)
         except Exception as error:  # the store promises not to raise: noted, a miss
             self._note(f"read {key[:16]}: {type(error).__name__}: {error}")
