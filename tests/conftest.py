@@ -1,5 +1,5 @@
 """Shared fixtures. Child sessions start through :mod:`helpers` only; this file gives
-them a directory (``pytester.path``) and a short name."""
+them a directory (``pytester.path``) and a short name, and the object-store servers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,30 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from emulators import Emulator, start_gcs, start_s3
 from helpers import RunJax, Session, run_command, run_session
 from hypothesis import settings
+
+
+@pytest.fixture(scope="module", params=["gcs", "s3"])
+def emulator(request: pytest.FixtureRequest) -> Iterator[Emulator]:
+    """An object-store server on 127.0.0.1, once per module and protocol (a test may
+    pick one protocol with ``indirect`` parametrization)."""
+    server = start_gcs() if request.param == "gcs" else start_s3()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[Emulator]:
+    """An S3 server (moto) on 127.0.0.1, once per module."""
+    server = start_s3()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from emulators import Emulator, start_s3
+from emulators import Emulator
 from helpers import run_session, write_files
 
 from pytest_jaxcache.recorder import OUTSIDE_TESTS
@@ -172,15 +171,6 @@ def test_the_timeline_file_draws_what_the_report_holds(tmp_path: Path, restored:
     walls = {t["nodeid"]: t["wall_secs"] for t in report["tests"]}
     assert all(bar["wall"] == pytest.approx(walls[bar["nodeid"]], abs=1e-6) for bar in bars)
     assert re.search(r"""(src|href)=["']?https?:""", text) is None  # nothing to fetch
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[Emulator]:
-    server = start_s3()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def test_a_shard_prefetches_only_what_its_tests_used(tmp_path: Path, s3: Emulator) -> None:

@@ -8,7 +8,6 @@ and a stalled server costs each process at most one call."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,6 @@ from emulators import (
     put_object,
     put_zeros,
     stalling_proxy,
-    start_gcs,
-    start_s3,
 )
 from helpers import Session, entries, programs_suite, run_session, write_files
 
@@ -29,24 +26,6 @@ pytestmark = pytest.mark.slow
 SUITE = programs_suite(3)
 KEY = "a-signing-key-of-the-trusted-job"
 OUTSIDE_TEXT = b"the user's notes: not the cache's\n"
-
-
-@pytest.fixture(scope="module", params=["gcs", "s3"])
-def emulator(request: pytest.FixtureRequest) -> Iterator[Emulator]:
-    server = start_gcs() if request.param == "gcs" else start_s3()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[Emulator]:
-    server = start_s3()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def run(checkout: Path, url: str, emulator: Emulator, *args: str, **env: str) -> Session:

@@ -10,12 +10,11 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from emulators import Emulator, objects, put_object, silent_server, start_gcs, start_s3
+from emulators import Emulator, objects, put_object, silent_server, start_gcs
 from helpers import (
     Session,
     programs_suite,
@@ -40,15 +39,6 @@ SUITE = programs_suite(
 N_PROGRAMS = 6
 FAST = "--jax-cache-remote-timeout=2"
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module", params=["gcs", "s3"])
-def emulator(request: pytest.FixtureRequest) -> Iterator[Emulator]:
-    server = start_gcs() if request.param == "gcs" else start_s3()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
