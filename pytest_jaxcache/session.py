@@ -258,9 +258,9 @@ class CacheSession:
         self.mode = Mode.READONLY
 
     def _first_use(self) -> None:
-        """Called inside the first compile or lowering, when the backend exists: fix which machine's
-        namespace this process reads and writes, what its entries record about the
-        session's environment, and prefetch what earlier sessions used."""
+        """Called inside the first compile or lowering, when the backend exists: fix
+        which machine's namespace this process reads and writes, what its entries record
+        about the session's environment, and prefetch what earlier sessions used."""
         from pytest_jaxcache.jax.fingerprint import fingerprint
 
         assert self.store is not None
