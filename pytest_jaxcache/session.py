@@ -1,7 +1,11 @@
 """One process's share of a pytest session: open the store (and the remote tier behind
 it), configure JAX when it is imported, account what happens; and, on the controller or
 the only process, fold in the workers' shares, run maintenance once and build the
-snapshot once. The plugin objects of :mod:`pytest_jaxcache.roles` only call into this."""
+snapshot once. The plugin objects of :mod:`pytest_jaxcache.roles` only call into this.
+
+What only some sessions need is imported where it is used: the remote tier (a URL),
+``--jax-cache-explain``'s key dumps, shards, explaining misses (there were some), and the
+snapshot and maintenance (the controller or the only process; never a worker)."""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_jaxcache import environment, explain, history, keys, ownership, shards, snapshot, trust
+from pytest_jaxcache import environment, history, keys, ownership, trust
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import CacheDir
 from pytest_jaxcache.entry import MAX_ENTRY_BYTES
@@ -20,23 +24,18 @@ from pytest_jaxcache.environment import InstallFacts
 from pytest_jaxcache.history import History
 from pytest_jaxcache.jax import importing
 from pytest_jaxcache.jax.installation import JAX_STORE, Installation
-from pytest_jaxcache.keydump import KeyDump
 from pytest_jaxcache.layout import ENTRIES, NAMESPACE, SUBDIRECTORIES, namespace_dir
-from pytest_jaxcache.maintenance import (
-    ENTRY,
-    Maintenance,
-    MaintenanceResult,
-    Usage,
-    jax_files_usage,
-    usage_of,
-)
 from pytest_jaxcache.reasons import HIT, MISS, Miss
 from pytest_jaxcache.recorder import Recorder
-from pytest_jaxcache.remote import Remote
 from pytest_jaxcache.settings import Mode, Settings, StoreKind
 from pytest_jaxcache.stats import RemoteStats
 from pytest_jaxcache.store import Policy, Store, why_not
 from pytest_jaxcache.worker_report import WorkerReport
+
+if TYPE_CHECKING:
+    from pytest_jaxcache.keydump import KeyDump
+    from pytest_jaxcache.maintenance import MaintenanceResult, Usage
+    from pytest_jaxcache.remote import Remote
 
 # A cache that exists but cannot take writes (a read-only mount, another user's restored
 # cache, a full disk) is still worth reading.
@@ -104,6 +103,8 @@ class CacheSession:
         url = self.settings.remote_url
         if url is None or self.store is None:
             return
+        from pytest_jaxcache.remote import Remote
+
         self.remote = Remote(
             url,
             timeout_secs=self.settings.remote_timeout_secs,
@@ -163,6 +164,8 @@ class CacheSession:
                 "--jax-cache-explain needs the pytest-jaxcache store (--jax-cache-store=ours)"
             )
             return None
+        from pytest_jaxcache.keydump import KeyDump
+
         self.key_dump = KeyDump(self.settings.explain_dir, self.settings.explain, self.store)
         return self.key_dump
 
@@ -297,6 +300,8 @@ class CacheSession:
             self.history = history.load(self.store.directory)
 
     def _usage(self, *, keep_names: bool = False) -> Usage | None:
+        from pytest_jaxcache.maintenance import ENTRY, Maintenance, jax_files_usage, usage_of
+
         try:
             if self.store is not None:
                 items = Maintenance(self.store.directory).inventory()
@@ -317,6 +322,8 @@ class CacheSession:
         the entries its own tests used before."""
         shard = self.settings.shard
         assert shard is not None
+        from pytest_jaxcache import shards
+
         chosen, predicted = shards.select(nodeids, shard, self.history, self.present, marked)
         self.shard = {
             "index": shard.number,
@@ -379,6 +386,8 @@ class CacheSession:
         missed = [c for c in self.recorder.compiles if c.outcome == MISS and c.key]
         if self.store is None or not missed:
             return self._misses
+        from pytest_jaxcache import explain
+
         try:
             self._misses = explain.explain(
                 self.store,
@@ -457,6 +466,8 @@ class CacheSession:
         recorded, the contents digest kept, and the snapshot built: once."""
         if self._snapshot is not None:
             return self._snapshot
+        from pytest_jaxcache import snapshot
+
         own = self.share()
         shares = {"": own, **self.workers}
         self._maintain(shares)
@@ -498,6 +509,8 @@ class CacheSession:
             data["cache"]["notices"].append(f"could not keep the tests' history: {why_not(error)}")
 
     def _maintain(self, shares: dict[str, WorkerReport]) -> None:
+        from pytest_jaxcache.maintenance import Maintenance, MaintenanceResult
+
         if self.store is None:
             self.after = self._usage()
             return
