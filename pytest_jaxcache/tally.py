@@ -10,6 +10,9 @@ from dataclasses import fields
 from typing import Any
 
 MAX_MESSAGES = 20
+# The field names of each Tally class, found once: ``dataclasses.fields`` builds its
+# answer on every call, and a session adds figures twice per test.
+_NAMES: dict[type, tuple[str, ...]] = {}
 MAX_GROUPS = 32  # distinct keys of a dict of counts; the rest are counted under OTHERS
 OTHERS = "other reasons"
 
@@ -26,8 +29,11 @@ class Tally:
             self.errors.append(message)
 
     def add(self, other: Any) -> None:
-        for item in fields(self):  # type: ignore[arg-type]
-            mine, theirs = getattr(self, item.name), getattr(other, item.name)
+        names = _NAMES.get(type(self))
+        if names is None:
+            names = _NAMES[type(self)] = tuple(item.name for item in fields(self))  # type: ignore[arg-type]
+        for name in names:
+            mine, theirs = getattr(self, name), getattr(other, name)
             if isinstance(mine, list):
                 for message in theirs:
                     if len(mine) < MAX_MESSAGES and message not in mine:
@@ -36,7 +42,7 @@ class Tally:
                 for reason, count in theirs.items():
                     count_by(mine, reason, count)
             else:
-                setattr(self, item.name, mine + theirs)
+                setattr(self, name, mine + theirs)
 
 
 def count_by(counts: dict[str, int], reason: str, count: int = 1) -> None:
