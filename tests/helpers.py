@@ -16,12 +16,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple, Protocol
 
 import pytest
+from filelock import FileLock
 from invariants import check as check_invariants
 
 from pytest_jaxcache.cachedir import CacheDir
@@ -249,14 +250,48 @@ class ColdCache:
         return base / "cache"
 
 
+def once_per_run(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]
+) -> tuple[Path, Any]:
+    """``build(root)`` in a new directory ``root``, once per test run, and what it
+    returned (JSON-able). Under xdist the first worker that asks builds it while the
+    others wait for it, and every worker gets the same directory and value: child
+    sessions that several workers would otherwise each run for their share of a
+    module's tests run once. Tests only read (or copy) what it built. ``name`` is the
+    identity: one build per name."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # one process: a module fixture is once
+        root = factory.mktemp(name)
+        return root, build(root)
+    shared = factory.getbasetemp().parent  # this run's directory, above every worker's
+    record = shared / f"once-{name}.json"
+    with FileLock(shared / f"once-{name}.lock"):
+        if record.exists():
+            done = json.loads(record.read_text())
+            return Path(done["root"]), done["value"]
+        root = factory.mktemp(name)
+        value = build(root)
+        record.write_text(json.dumps({"root": str(root), "value": value}))
+        return root, value
+
+
 def cold_session(
-    root: Path, files: Mapping[str, str], *args: str, env: Mapping[str, str] | None = None
+    factory: pytest.TempPathFactory,
+    name: str,
+    files: Mapping[str, str],
+    *args: str,
+    env: Mapping[str, str] | None = None,
 ) -> ColdCache:
-    """Write ``files`` into ``root`` and run one session there with a cache at
-    ``root/cache`` (the session must pass)."""
-    write_files(root, files)
-    result, report = run_session(root, *args, "--jax-cache-dir=cache", env=env)
-    assert result.ret == 0, "\n".join(result.outlines + result.errlines)
+    """Write ``files`` into a new directory and run one session there with a cache at
+    ``cache`` (the session must pass); once per test run (:func:`once_per_run`): tests
+    copy the cache (:meth:`ColdCache.copy_to`), never use it in place."""
+
+    def build(root: Path) -> dict[str, Any]:
+        write_files(root, files)
+        result, report = run_session(root, *args, "--jax-cache-dir=cache", env=env)
+        assert result.ret == 0, "\n".join(result.outlines + result.errlines)
+        return report
+
+    root, report = once_per_run(factory, name, build)
     return ColdCache(root / "cache", report)
 
 

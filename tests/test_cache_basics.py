@@ -19,6 +19,7 @@ from helpers import (
     RunJax,
     assert_all_hits,
     entries,
+    once_per_run,
     run_session,
     write_files,
 )
@@ -593,11 +594,17 @@ SECOND = "test_report.py::test_second_uses_table"
 
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory: pytest.TempPathFactory) -> ReportRun:
-    """REPORT_SUITE, run once (cold, ``--strict-markers``) for the tests that read it."""
-    root = tmp_path_factory.mktemp("report")
-    write_files(root, {"test_report.py": REPORT_SUITE})
-    result, report = run_session(root, "--jax-cache-dir=cache", "--strict-markers", "-rA")
-    return ReportRun(result, report, root / "cache")
+    """REPORT_SUITE, run once (cold, ``--strict-markers``) for the tests that read it:
+    once per test run."""
+
+    def build(root: Path) -> dict[str, Any]:
+        write_files(root, {"test_report.py": REPORT_SUITE})
+        result, report = run_session(root, "--jax-cache-dir=cache", "--strict-markers", "-rA")
+        return {"ret": int(result.ret), "outlines": result.outlines, "report": report}
+
+    root, run = once_per_run(tmp_path_factory, "report", build)
+    result = pytest.RunResult(run["ret"], run["outlines"], [], 0.0)
+    return ReportRun(result, run["report"], root / "cache")
 
 
 def test_report_suite_passes_with_strict_markers(report_run: ReportRun) -> None:

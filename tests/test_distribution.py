@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from emulators import Emulator
-from helpers import run_session, write_files
+from helpers import once_per_run, run_session, write_files
 
 from pytest_jaxcache.recorder import OUTSIDE_TESTS
 
@@ -64,13 +64,16 @@ def ran(report: dict[str, Any]) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def restored(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache with the history of one full (cold) session: what every CI job of a
-    matrix restores."""
-    root = tmp_path_factory.mktemp("history")
-    write_files(root, SUITE)
-    result, report = run_session(root, "--jax-cache-dir=cache", "-p", "no:xdist")
-    result.assert_outcomes(passed=len(ALL))
-    assert set(ran(report)) == ALL
-    assert list((root / "cache" / "history").glob("*.json"))
+    matrix restores. Once per test run: jobs copy it."""
+
+    def build(root: Path) -> None:
+        write_files(root, SUITE)
+        result, report = run_session(root, "--jax-cache-dir=cache", "-p", "no:xdist")
+        result.assert_outcomes(passed=len(ALL))
+        assert set(ran(report)) == ALL
+        assert list((root / "cache" / "history").glob("*.json"))
+
+    root, _ = once_per_run(tmp_path_factory, "history", build)
     return root / "cache"
 
 

@@ -161,7 +161,7 @@ def fill_disk(path: Path) -> None:
 @pytest.fixture(scope="module")
 def cold_cache(tmp_path_factory: pytest.TempPathFactory) -> ColdCache:
     """One cold ``-n 2`` session of SUITE; tests copy its cache."""
-    cold = cold_session(tmp_path_factory.mktemp("cold-faults"), SUITE, "-n", "2")
+    cold = cold_session(tmp_path_factory, "cold-faults", SUITE, "-n", "2")
     assert cold.report["store"]["writes"] == SUITE_SIZE  # one entry per test, as designed
     return cold
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import Session, run_session, write_files
+from helpers import Session, once_per_run, run_session, write_files
 
 from pytest_jaxcache.jax.lowering import STORE_REFUSED
 
@@ -242,16 +242,28 @@ def lowered_programs(report: dict[str, Any], test: str) -> dict[str, bool]:
 
 @pytest.fixture(scope="module")
 def sessions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Session]]:
-    root = tmp_path_factory.mktemp("lowering")
-    write_files(root, SUITE)
-    runs = {
-        "cold": session(root, "cold", "a", "on"),
-        "warm": session(root, "warm", "a", "on"),
-        "b": session(root, "b", "b", "on"),
-        "off": session(root, "off", "a", "off"),
-        "verify": session(root, "verify", "b", "verify"),
+    """Five sessions in a row on one cache, once per test run (every test only reads
+    them): what each printed and reported."""
+
+    def build(root: Path) -> dict[str, Any]:
+        write_files(root, SUITE)
+        runs = {
+            "cold": session(root, "cold", "a", "on"),
+            "warm": session(root, "warm", "a", "on"),
+            "b": session(root, "b", "b", "on"),
+            "off": session(root, "off", "a", "off"),
+            "verify": session(root, "verify", "b", "verify"),
+        }
+        return {
+            name: {"ret": int(run.ret), "outlines": run.outlines, "report": found}
+            for name, (run, found) in runs.items()
+        }
+
+    root, runs = once_per_run(tmp_path_factory, "lowering", build)
+    return root, {
+        name: Session(pytest.RunResult(run["ret"], run["outlines"], [], 0.0), run["report"])
+        for name, run in runs.items()
     }
-    return root, runs
 
 
 def test_a_warm_session_serves_every_module_it_stored(

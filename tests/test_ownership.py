@@ -76,7 +76,7 @@ N_TESTS = N_PROGRAMS = 3
 
 @pytest.fixture(scope="module")
 def cold_cache(tmp_path_factory: pytest.TempPathFactory) -> ColdCache:
-    cold = cold_session(tmp_path_factory.mktemp("cold-ownership"), SUITE, "-p", "no:xdist")
+    cold = cold_session(tmp_path_factory, "cold-ownership", SUITE, "-p", "no:xdist")
     assert cold.report["store"]["writes"] == N_PROGRAMS
     return cold
 

@@ -62,15 +62,15 @@ fingerprint._cpu_features = lambda: "0123456789ab"
 
 @pytest.fixture(scope="module")
 def cold_cache(tmp_path_factory: pytest.TempPathFactory) -> ColdCache:
-    cold = cold_session(tmp_path_factory.mktemp("cold-trust"), SUITE, "-p", "no:xdist")
+    cold = cold_session(tmp_path_factory, "cold-trust", SUITE, "-p", "no:xdist")
     assert cold.report["store"]["writes"] == N_PROGRAMS
     return cold
 
 
 @pytest.fixture(scope="module")
 def signed_cache(tmp_path_factory: pytest.TempPathFactory) -> ColdCache:
-    root = tmp_path_factory.mktemp("signed-trust")
-    cold = cold_session(root, SUITE, "-p", "no:xdist", env={"JAX_CACHE_SIGNING_KEY": KEY})
+    env = {"JAX_CACHE_SIGNING_KEY": KEY}
+    cold = cold_session(tmp_path_factory, "signed-trust", SUITE, "-p", "no:xdist", env=env)
     assert cold.report["store"]["writes"] == N_PROGRAMS
     return cold
 

@@ -187,7 +187,7 @@ def assert_clean_output(output: str) -> None:
 @pytest.fixture(scope="module")
 def cold_cache(tmp_path_factory: pytest.TempPathFactory) -> ColdCache:
     """One cold ``-n 2`` session of SUITE; warm tests copy its cache."""
-    return cold_session(tmp_path_factory.mktemp("cold-xdist"), SUITE, "-n", "2")
+    return cold_session(tmp_path_factory, "cold-xdist", SUITE, "-n", "2")
 
 
 @pytest.fixture
