@@ -57,14 +57,16 @@ class Shard(NamedTuple):
 
 
 MAX_SHARDS = 1000
-_SHARD = re.compile(r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*")
+# Patterns are compiled on first use (re keeps them): only a session that sets the option
+# pays for its pattern, and every session imports this module.
+_SHARD = r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*"
 
 
 def parse_shard(text: str, _base: Path | None = None) -> Shard | None:
     """``"2/4"`` -> shard 2 of 4 (empty: none)."""
     if not text.strip():
         return None
-    match = _SHARD.fullmatch(text)
+    match = re.fullmatch(_SHARD, text)
     if match is None:
         raise ValueError(f"expected K/N such as 2/4, got {_short(text)}")
     number, total = int(match.group(1)), int(match.group(2))
@@ -145,8 +147,8 @@ class Raw(NamedTuple):
 
 # -- parsers ----------------------------------------------------------------------------------
 
-_REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_REMOTE = r"^[A-Za-z][A-Za-z0-9+.-]*://"
+_SIZE = r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$"
 _UNITS = {
     "": 1,
     "b": 1,
@@ -180,7 +182,7 @@ def parse_size(value: str) -> int | None:
     At most :data:`MAX_BYTES`."""
     if value.strip().lower() in _NO_LIMIT:
         return None
-    match = _SIZE.match(value) if len(value) <= MAX_TEXT else None
+    match = re.match(_SIZE, value, re.IGNORECASE) if len(value) <= MAX_TEXT else None
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"not a size: {_short(value)} (use e.g. 500MB, 2GiB, or none)")
     from decimal import Decimal  # exact for any digits; imported when a size is given
@@ -286,7 +288,7 @@ def parse_location(text: str, base: Path) -> Location:
     value = text.strip()
     if not value:
         return Location()
-    if _REMOTE.match(value):
+    if re.match(_REMOTE, value):
         return Location(url=value)
     path = expand_path(value, base)
     try:
@@ -305,7 +307,7 @@ def parse_url(text: str, _base: Path | None = None) -> str | None:
     value = text.strip()
     if not value:
         return None
-    if not _REMOTE.match(value):
+    if not re.match(_REMOTE, value):
         raise ValueError(
             f"expected a URL such as gs://bucket/prefix or s3://bucket/prefix, got {_short(text)}"
         )
@@ -348,98 +350,98 @@ DEFAULT_EXPLAIN_DIR = "jaxcache-explain"
 # fmt: off
 # One declaration per option: attribute, parser, default; its names on the command line,
 # in the ini file and in the environment; help. Ordered as ``--help`` lists them.
-DIR = Option[Location]("location", parse_location, Location(),
+DIR: Option[Location] = Option("location", parse_location, Location(),
     cli="--jax-cache-dir", ini="jax_cache_dir", env="JAX_COMPILATION_CACHE_DIR", metavar="PATH",
     help="directory of the shared JAX compilation cache; empty disables")
-MIN_COMPILE_TIME = Option[float]("min_compile_time_secs", parse_seconds, 0.0,
+MIN_COMPILE_TIME: Option[float] = Option("min_compile_time_secs", parse_seconds, 0.0,
     cli="--jax-cache-min-compile-time", ini="jax_cache_min_compile_time",
     env="JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", metavar="SECS",
     help="write programs that compiled in at least this many seconds (default 0: every program)")
-MIN_ENTRY_SIZE = Option[int]("min_entry_size_bytes", parse_min_entry_size, -1,
+MIN_ENTRY_SIZE: Option[int] = Option("min_entry_size_bytes", parse_min_entry_size, -1,
     cli="--jax-cache-min-entry-size", ini="jax_cache_min_entry_size", metavar="BYTES",
     env="JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
     help="write entries of at least this many bytes (default -1: no minimum)")
-MAX_SIZE = Option[int | None]("max_size_bytes", parse_max_size, DEFAULT_MAX_SIZE,
+MAX_SIZE: Option[int | None] = Option("max_size_bytes", parse_max_size, DEFAULT_MAX_SIZE,
     cli="--jax-cache-max-size", ini="jax_cache_max_size", env="JAX_COMPILATION_CACHE_MAX_SIZE",
     metavar="SIZE", jax_spelling=lambda size: str(-1 if size is None else size),
     help="size cap, enforced at session end by evicting least recently used entries: "
     "500MB, 2GiB, none (default 1GiB)")
-PRUNE_AFTER = Option[int | None]("prune_after_sessions", parse_prune_after, None, metavar="N",
-    cli="--jax-cache-prune-after", ini="jax_cache_prune_after",
+PRUNE_AFTER: Option[int | None] = Option("prune_after_sessions", parse_prune_after, None,
+    metavar="N", cli="--jax-cache-prune-after", ini="jax_cache_prune_after",
     help="remove entries no session used in the last N sessions (default: never)")
-MODE = Option[Mode]("mode", _choice(Mode), Mode.READWRITE,
+MODE: Option[Mode] = Option("mode", _choice(Mode), Mode.READWRITE,
     cli="--jax-cache-mode", ini="jax_cache_mode",
     help="readwrite (default) or readonly: serve hits, never write, evict or touch")
-XLA_CACHES = Option[str]("xla_caches", parse_xla_caches, "none", metavar="VALUE",
+XLA_CACHES: Option[str] = Option("xla_caches", parse_xla_caches, "none", metavar="VALUE",
     cli="--jax-cache-xla-caches", ini="jax_cache_xla_caches",
     env="JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES",
     help="jax_persistent_cache_enable_xla_caches (default none: keys do not depend on the "
     "cache path; 'all' turns the GPU autotune and kernel caches on)")
-LOCK_TIMEOUT = Option[float]("lock_timeout_secs", parse_seconds, DEFAULT_LOCK_TIMEOUT,
+LOCK_TIMEOUT: Option[float] = Option("lock_timeout_secs", parse_seconds, DEFAULT_LOCK_TIMEOUT,
     cli="--jax-cache-lock-timeout", ini="jax_cache_lock_timeout", metavar="SECS",
     help="longest wait for another process compiling the same program "
     f"(default {DEFAULT_LOCK_TIMEOUT:g})")
-STRICT = Option[bool]("strict", parse_bool, False, flag=True,
+STRICT: Option[bool] = Option("strict", parse_bool, False, flag=True,
     cli="--jax-cache-strict", ini="jax_cache_strict",
     help="fail the session when a test not marked jax_errors compiled uncachable programs")
-STORE = Option[StoreKind]("store", _choice(StoreKind), StoreKind.OURS,
+STORE: Option[StoreKind] = Option("store", _choice(StoreKind), StoreKind.OURS,
     cli="--jax-cache-store", ini="jax_cache_store",
     help="pytest-jaxcache: our atomic, locked, bounded store (default); jax: JAX's own "
     "file store (for comparisons)")
-DURATIONS = Option[int]("durations", parse_durations, DEFAULT_DURATIONS, metavar="N",
+DURATIONS: Option[int] = Option("durations", parse_durations, DEFAULT_DURATIONS, metavar="N",
     cli="--jax-cache-durations", ini="jax_cache_durations",
     help=f"show the N slowest-compiling test phases (0: all, -1: none; default "
     f"{DEFAULT_DURATIONS})")
-REPORT = Option[Path | None]("report_path", parse_path, None, metavar="PATH",
+REPORT: Option[Path | None] = Option("report_path", parse_path, None, metavar="PATH",
     cli="--jax-cache-report", ini="jax_cache_report",
     help="write the session's compile report as JSON to PATH")
-SUMMARY = Option[Path | None]("summary_path", parse_path, None, metavar="PATH",
+SUMMARY: Option[Path | None] = Option("summary_path", parse_path, None, metavar="PATH",
     cli="--jax-cache-summary", ini="jax_cache_summary", env="GITHUB_STEP_SUMMARY",
     help="append a Markdown summary of the session to PATH (in GitHub Actions: the job "
     "summary; empty: none)")
-REMOTE = Option[str | None]("remote", parse_url, None, metavar="URL",
+REMOTE: Option[str | None] = Option("remote", parse_url, None, metavar="URL",
     cli="--jax-cache-remote", ini="jax_cache_remote", env="JAX_CACHE_REMOTE",
     help="a bucket behind the local cache, shared by a fleet: gs://bucket/prefix, "
     "s3://bucket/prefix, any fsspec URL (a URL as --jax-cache-dir means the same)")
-REMOTE_MODE = Option[Mode]("remote_mode", _choice(Mode), Mode.READWRITE,
+REMOTE_MODE: Option[Mode] = Option("remote_mode", _choice(Mode), Mode.READWRITE,
     cli="--jax-cache-remote-mode", ini="jax_cache_remote_mode", env="JAX_CACHE_REMOTE_MODE",
     help="readwrite (default) or readonly: read the remote, never upload to it")
-REMOTE_TIMEOUT = Option[float]("remote_timeout_secs", parse_positive_seconds, 10.0,
+REMOTE_TIMEOUT: Option[float] = Option("remote_timeout_secs", parse_positive_seconds, 10.0,
     cli="--jax-cache-remote-timeout", ini="jax_cache_remote_timeout", metavar="SECS",
     help="deadline of each remote operation (default 10); a few failures in a row turn "
     "the remote off for the session")
-PREFETCH = Option[bool]("prefetch", parse_bool, True, metavar="yes|no",
+PREFETCH: Option[bool] = Option("prefetch", parse_bool, True, metavar="yes|no",
     cli="--jax-cache-prefetch", ini="jax_cache_prefetch",
     help="download what the last sessions of this machine used, in one bulk transfer, at "
     "the first compile (default yes)")
-SHARED = Option[bool]("shared", parse_bool, False, flag=True,
+SHARED: Option[bool] = Option("shared", parse_bool, False, flag=True,
     cli="--jax-cache-shared", ini="jax_cache_shared", env="JAX_CACHE_SHARED",
     help="load from a cache directory that other users can write (shared on purpose): "
     "every one of them can then run code in your tests")
-LOAD_UNVERIFIED = Option[bool]("load_unverified", parse_bool, False, flag=True,
+LOAD_UNVERIFIED: Option[bool] = Option("load_unverified", parse_bool, False, flag=True,
     cli="--jax-cache-load-unverified", ini="jax_cache_load_unverified",
     env="JAX_CACHE_LOAD_UNVERIFIED",
     help="without JAX_CACHE_SIGNING_KEY, load signed entries without checking their "
     "signature (a pull request from a fork reading a cache it trusts)")
-EXPLAIN = Option[tuple[str, ...]]("explain", parse_globs, (), metavar="NAME",
+EXPLAIN: Option[tuple[str, ...]] = Option("explain", parse_globs, (), metavar="NAME",
     cli="--jax-cache-explain", ini="jax_cache_explain",
     help="for programs named NAME (a name or glob as the report shows them, e.g. "
     "'jit_loss*'; comma-separated), write what went into each part of their cache keys "
     "to --jax-cache-explain-dir, to diff with an earlier run's")
-EXPLAIN_DIR = Option[Path | None]("explain_dir", parse_path, None, metavar="PATH",
+EXPLAIN_DIR: Option[Path | None] = Option("explain_dir", parse_path, None, metavar="PATH",
     cli="--jax-cache-explain-dir", ini="jax_cache_explain_dir",
     help=f"where --jax-cache-explain writes (default: {DEFAULT_EXPLAIN_DIR} in the "
     "invocation directory)")
-SHARD = Option[Shard | None]("shard", parse_shard, None, metavar="K/N",
+SHARD: Option[Shard | None] = Option("shard", parse_shard, None, metavar="K/N",
     cli="--jax-cache-shard", ini="jax_cache_shard", env="JAX_CACHE_SHARD",
     help="run shard K of N (a CI matrix job): every test in exactly one shard, the shards "
     "balanced by each test's predicted cost (earlier sessions, and which programs the "
     "cache holds now)")
-TIMELINE = Option[Path | None]("timeline_path", parse_path, None, metavar="FILE.html",
+TIMELINE: Option[Path | None] = Option("timeline_path", parse_path, None, metavar="FILE.html",
     cli="--jax-cache-timeline", ini="jax_cache_timeline",
     help="write a timeline of the session (a row per worker, a bar per test: compiling, "
     "loading, running) as one self-contained HTML file")
-LOWERING = Option[Lowering]("lowering", _choice(Lowering), Lowering.OFF,
+LOWERING: Option[Lowering] = Option("lowering", _choice(Lowering), Lowering.OFF,
     cli="--jax-cache-lowering", ini="jax_cache_lowering", env="JAX_CACHE_LOWERING",
     help="off (default), on: serve lowered modules from the cache and skip lowering on "
     "warm runs, verify: lower anyway and check the cached module is the same")
