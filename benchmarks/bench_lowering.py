@@ -1,4 +1,5 @@
-"""Bench: the lowering tier (``--jax-cache-lowering``) on the examples suite.
+"""Bench: the lowering tier (``--jax-cache-lowering``) on the examples suite (serially),
+or on a suite of the user's (``run.py --lowering-suite DIR``, at ``-n 2``).
 
 Warm variants, each on a cache of its own filled once beforehand (untimed), run back to
 back in a rotated order per repeat:
@@ -17,6 +18,9 @@ equal a fresh lowering.
 """
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 from benchlib import (
     BenchError,
@@ -63,17 +67,29 @@ def _row(figure: str, value: Summary, target: float | None) -> list[str]:
     return [figure, fmt_ratio(value), f"<= {target:.2f}", verdict(value.median <= target)]
 
 
+def _suite(ctx: Context) -> tuple[Path, list[str], str]:
+    """The suite, the arguments every variant adds, and how the section names them:
+    examples/ serially, or the user's suite (``--lowering-suite``) at ``-n 2``."""
+    if ctx.lowering_suite is None:
+        suite = copy_examples(ctx.workspace.path("examples"), ctx.example_files)
+        return suite, [], f"{ctx.suite_label()}, serial"
+    suite = ctx.workspace.path("suite")
+    ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".jaxcache")
+    shutil.copytree(ctx.lowering_suite, suite, ignore=ignore)
+    return suite, ["-n", "2"], f"{ctx.lowering_suite} (--lowering-suite), `-n 2`"
+
+
 def run(ctx: Context) -> str:
     """Run the bench and return its markdown section."""
-    suite = copy_examples(ctx.workspace.path("examples"), ctx.example_files)
+    suite, extra, label = _suite(ctx)
     prime(suite, ctx.workspace)
     jax_cache = ctx.workspace.path("jax-cache")
-    plugin = PluginVariant(suite, ctx.workspace)
-    tier = PluginVariant(suite, ctx.workspace, args=TIER)
+    plugin = PluginVariant(suite, ctx.workspace, args=extra)
+    tier = PluginVariant(suite, ctx.workspace, args=[*TIER, *extra])
 
     def jax_warm(_index: int = 0) -> Run:
         return run_pytest(
-            ["-p", "no:cacheprovider", "-p", "no:jaxcache"],
+            ["-p", "no:cacheprovider", "-p", "no:jaxcache", *extra],
             cwd=suite,
             workspace=ctx.workspace,
             extra_env={
@@ -107,6 +123,7 @@ def run(ctx: Context) -> str:
             "no:cacheprovider",
             f"--jax-cache-dir={tier.warm_cache}",
             "--jax-cache-lowering=verify",
+            *extra,
         ],
         cwd=suite,
         workspace=ctx.workspace,
@@ -139,7 +156,7 @@ def run(ctx: Context) -> str:
     )
     not_stored = ", ".join(f"{count} {why}" for why, count in sorted(served["not_stored"].items()))
     intro = (
-        f"Suite: {ctx.suite_label()}, serial. {repeats} warm repeat(s), the variants in a "
+        f"Suite: {label}. {repeats} warm repeat(s), the variants in a "
         "rotated order; cells: median (min-max) of per-repeat ratios. Lowering time is "
         "the session's `totals.lower_secs` (JAX's jaxpr-to-MLIR events: real lowerings) "
         "plus, with the tier, its `serve_secs` (keying, lookups, parsing). The last warm "

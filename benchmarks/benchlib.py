@@ -86,6 +86,8 @@ class Context:
     quick: bool
     workspace: Workspace
     example_files: tuple[str, ...] | None  # None: the whole examples/ suite
+    # A suite of the user's for the lowering bench instead of examples/ (run with -n 2).
+    lowering_suite: Path | None = None
 
     def suite_label(self) -> str:
         if self.example_files is None:

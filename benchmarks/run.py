@@ -3,6 +3,7 @@
     python benchmarks/run.py                  # everything (about an hour on 2 cores)
     python benchmarks/run.py --quick          # smoke run: fewer repeats, smaller suites
     python benchmarks/run.py --only store     # one benchmark (repeatable, or a,b)
+    python benchmarks/run.py --only lowering --lowering-suite DIR   # on a suite of yours
 
 The tables also go to ``benchmarks/results/latest.md``. Every figure is a ratio of
 variants measured side by side in the same run, interleaved and repeated: the machine
@@ -72,6 +73,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"examples/ suite for benches 1 and 4: full (default) or small "
         f"({', '.join(SMALL_SUITE)}; default with --quick)",
     )
+    parser.add_argument(
+        "--lowering-suite",
+        type=Path,
+        metavar="DIR",
+        help="the lowering bench on this suite instead of examples/: a directory of tests, "
+        "copied as is and run with -n 2 (benchmarks/README.md: optax's tests)",
+    )
     return parser.parse_args(argv)
 
 
@@ -109,7 +117,8 @@ def header(args: argparse.Namespace, ctx: Context, names: list[str], load_before
         "# pytest-jaxcache benchmarks",
         "",
         f"- {now}; mode: {'quick' if args.quick else 'full'}; benchmarks: {', '.join(names)}",
-        f"- examples suite: {ctx.suite_label()}",
+        f"- examples suite: {ctx.suite_label()}"
+        + (f"; lowering suite: {ctx.lowering_suite}" if ctx.lowering_suite else ""),
         f"- pytest-jaxcache {_version('pytest-jaxcache')}, jax {_version('jax')}, "
         f"jaxlib {_version('jaxlib')}, pytest {_version('pytest')}, "
         f"pytest-xdist {_version('pytest-xdist')}, Python {platform.python_version()}",
@@ -158,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quick=args.quick,
             workspace=Workspace(Path(tmp)),
             example_files=SMALL_SUITE if suite == "small" else None,
+            lowering_suite=args.lowering_suite,
         )
         sections, ok = run_benches(names, ctx)
     text = "\n\n".join([header(args, ctx, names, load_before), *sections]) + "\n"
