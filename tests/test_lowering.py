@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from helpers import Session, once_per_run, run_session, write_files
 
-from pytest_jaxcache.jax.lowering import STORE_REFUSED
+from pytest_jaxcache.jax.lowering import CUSTOM_CALL, STORE_REFUSED
 
 SUITE = {
     "conftest.py": """
@@ -336,3 +336,55 @@ def test_the_tier_off_leaves_lowering_to_jax(sessions: tuple[Path, dict[str, Ses
     off = runs["off"].report
     assert off["lowering"] is None
     assert all(record["lowered"] for record in off["compiles"])
+
+
+KERNELS = {
+    "test_kernels.py": """
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+        import pytest
+
+
+        def test_lapack_served_first():
+            # The process's first program: nothing lowered before it initialised LAPACK.
+            x = np.arange(12, dtype=np.float32).reshape(3, 4)
+            nuclear = jax.jit(lambda a: jnp.linalg.norm(a, ord="nuc"))(x)
+            np.testing.assert_allclose(nuclear, np.linalg.norm(x, ord="nuc"), rtol=1e-5)
+
+
+        def test_a_kernel_nobody_registered():
+            def call(x):
+                out = jax.ShapeDtypeStruct(x.shape, x.dtype)
+                return jax.ffi.ffi_call("jaxcache_test_unregistered", out)(x)
+
+            with pytest.raises(Exception, match="jaxcache_test_unregistered"):
+                jax.jit(call)(jnp.ones(3))
+    """
+}
+
+
+def test_custom_calls_are_prepared_as_lowering_would_or_kept_out(
+    pytester: pytest.Pytester,
+) -> None:
+    """A served module skips JAX's lowering rules, and what they prepare besides the
+    module: a LAPACK call served in a fresh process, before anything initialised LAPACK,
+    crashed that process. Served now, it runs and is right; a custom call the tier cannot
+    prepare (here a kernel nobody registered) keeps its program out of the tier."""
+    write_files(pytester.path, KERNELS)
+    args = ("--jax-cache-dir=cache", "--jax-cache-lowering=on", "-p", "no:xdist")
+    cold = run_session(pytester.path, *args, "-p", "no:randomly")
+    cold.result.assert_outcomes(passed=2)
+    stored = cold.report["lowering"]
+    assert stored["not_stored"] == {CUSTOM_CALL: 1}  # every other program was stored
+    assert stored["stored"] == stored["misses"] - 1 > 0
+
+    lapack = run_session(pytester.path, *args, "test_kernels.py::test_lapack_served_first")
+    lapack.result.assert_outcomes(passed=1)
+    served = lapack.report["lowering"]
+    assert served["misses"] == 0 and served["checked"] == served["hits"] > 0
+
+    kernel = run_session(pytester.path, *args, "test_kernels.py::test_a_kernel_nobody_registered")
+    kernel.result.assert_outcomes(passed=1)
+    assert kernel.report["lowering"]["misses"] == 1
+    assert kernel.report["lowering"]["not_stored"] == {CUSTOM_CALL: 1}

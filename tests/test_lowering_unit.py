@@ -516,7 +516,7 @@ def test_install_changes_nothing_visible_and_uninstall_restores_jax(
     assert seams.find(seams.EXCLUDE_PATHS) == excluded and warnings.filters == filters
 
 
-OPTIONAL = {seams.CUSTOM_DERIVATIVE_LOWERING, seams.HASH_COMPUTATION}
+OPTIONAL = {seams.CUSTOM_DERIVATIVE_LOWERING, seams.HASH_COMPUTATION, seams.LAPACK}
 
 
 @pytest.mark.parametrize("hidden", lowering.SEAMS, ids=lambda private: private.name)
@@ -679,3 +679,33 @@ def test_a_second_process_serves_what_the_first_stored(tmp_path: Path) -> None:
     assert stats["verified"] == storable - 1 and stats["mismatched"] == 0, stats
     assert verified["outputs"] == off["outputs"]
     assert served["notices"] == verified["notices"] == []
+
+
+def test_every_custom_call_target_is_found_in_nested_regions() -> None:
+    """The targets the tier checks before it stores or serves a module: every custom
+    call's, those inside nested functions and regions included."""
+    ir = seams.find(seams.MLIR_IR)
+    make_context = seams.find(seams.MAKE_IR_CONTEXT)
+    text = """
+    func.func public @main(%a: tensor<2xf32>, %p: tensor<i1>) -> tensor<2xf32> {
+      %0 = stablehlo.custom_call @Sharding(%a) : (tensor<2xf32>) -> tensor<2xf32>
+      %1 = "stablehlo.if"(%p) ({
+        %2 = stablehlo.custom_call @lapack_sgesdd_ffi(%0) : (tensor<2xf32>) -> tensor<2xf32>
+        stablehlo.return %2 : tensor<2xf32>
+      }, {
+        stablehlo.return %0 : tensor<2xf32>
+      }) : (tensor<i1>) -> tensor<2xf32>
+      %3 = call @inner(%1) : (tensor<2xf32>) -> tensor<2xf32>
+      return %3 : tensor<2xf32>
+    }
+    func.func private @inner(%b: tensor<2xf32>) -> tensor<2xf32> {
+      %4 = stablehlo.custom_call @a_plugin_kernel(%b) : (tensor<2xf32>) -> tensor<2xf32>
+      return %4 : tensor<2xf32>
+    }
+    """
+    with make_context():
+        module = ir.Module.parse(text)
+        found = lowering.custom_call_targets(module, ir.StringAttr)
+    assert found == {"Sharding", "lapack_sgesdd_ffi", "a_plugin_kernel"}
+    assert "Sharding" in lowering.XLA_CUSTOM_CALLS
+    assert not {"lapack_sgesdd_ffi", "a_plugin_kernel"} & lowering.XLA_CUSTOM_CALLS

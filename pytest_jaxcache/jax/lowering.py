@@ -105,6 +105,7 @@ UNEXPECTED_CALL = "JAX called the lowering with unexpected arguments"
 UNEXPECTED_RESULTS = "JAX's lowering returned unexpected results"
 NOT_SERIALIZED = "the module could not be serialized"
 STORE_REFUSED = "the store did not write it"
+CUSTOM_CALL = "a custom call the tier cannot prepare"
 TIER_FAILED = "the lowering tier failed"  # a bug: the detail is noted
 NOT_STORED_REASONS = (
     *KEY_REASONS,
@@ -118,6 +119,7 @@ NOT_STORED_REASONS = (
     UNEXPECTED_RESULTS,
     NOT_SERIALIZED,
     STORE_REFUSED,
+    CUSTOM_CALL,
     TIER_FAILED,
 )
 # Reasons whose detail (which parameter, which object, what failed) is worth a note.
@@ -131,6 +133,7 @@ _NOTED = frozenset(
         UNEXPECTED_CALL,
         UNEXPECTED_RESULTS,
         NOT_SERIALIZED,
+        CUSTOM_CALL,
         TIER_FAILED,
     }
 )
@@ -161,7 +164,28 @@ SEAMS = (
     seams.DROP_VAR,
     seams.CUSTOM_DERIVATIVE_LOWERING,
     seams.HASH_COMPUTATION,
+    seams.LAPACK,
 )
+
+# A served module skips JAX's lowering rules, and with them whatever a rule prepares in
+# the process besides the module: jaxlib's LAPACK kernels are initialised by the rules
+# that emit a call to one (without it the call dereferences a null function and the
+# process dies). A module's custom calls are therefore checked where it is stored and
+# where it is served: XLA's own need nothing, LAPACK's are initialised first, and any
+# other (a kernel of a plugin or of user code, set up who knows where) keeps the program
+# out of the tier.
+XLA_CUSTOM_CALLS = frozenset(
+    {
+        "Sharding",
+        "SPMDFullToShardShape",
+        "SPMDShardToFullShape",
+        "annotate_device_placement",
+        "MoveToHost",
+        "MoveToDevice",
+        "LayoutConstraint",
+    }
+)
+LAPACK_PREFIX = "lapack_"
 
 _COMMON_TAIL = (
     "all_default_mem_kind",
@@ -272,6 +296,8 @@ def install(
         installation.notices.append(seams.missing(seams.CUSTOM_DERIVATIVE_LOWERING))
     if found.hash_computation is None:
         installation.notices.append(seams.missing(seams.HASH_COMPUTATION, "a function"))
+    if found.lapack_initialize is None:
+        installation.notices.append(seams.missing(seams.LAPACK, "initialize"))
     verify = mode is Lowering.VERIFY
     tier = _Tier(found, store, verify, stats, mismatch_dir, installation.first_use)
     _exclude_own_frames(installation, found)
@@ -303,6 +329,8 @@ class _Seam:
     exclude_path_regex: Any
     hash_computation: Callable[..., Any] | None
     keyer: Keyer
+    string_attr: Any  # MLIR's StringAttr: reads a custom call's target
+    lapack_initialize: Callable[[], Any] | None
 
     @property
     def results(self) -> tuple[str, ...]:
@@ -343,9 +371,11 @@ def _find_seam() -> _Seam | str:
     shape_poly_state = seams.find(seams.SHAPE_POLY_STATE)
     if not isinstance(shape_poly_state, type):
         return seams.missing(seams.SHAPE_POLY_STATE, "a class")
-    parse_module = getattr(getattr(seams.find(seams.MLIR_IR), "Module", None), "parse", None)
-    if not callable(parse_module):
-        return seams.missing(seams.MLIR_IR, "Module.parse")
+    ir = seams.find(seams.MLIR_IR)
+    parse_module = getattr(getattr(ir, "Module", None), "parse", None)
+    string_attr = getattr(ir, "StringAttr", None)
+    if not callable(parse_module) or not callable(string_attr):
+        return seams.missing(seams.MLIR_IR, "Module.parse, StringAttr")
     loggers = (seams.find(seams.PXLA_LOGGER), seams.find(seams.DISPATCH_LOGGER))
     for private, logger in zip((seams.PXLA_LOGGER, seams.DISPATCH_LOGGER), loggers, strict=True):
         if not isinstance(logger, logging.Logger):
@@ -360,6 +390,7 @@ def _find_seam() -> _Seam | str:
     if isinstance(internals, str):
         return internals
     hash_computation = seams.find(seams.HASH_COMPUTATION)
+    lapack_initialize = getattr(seams.find(seams.LAPACK), "initialize", None)
     return _Seam(
         family=family,
         params=params,
@@ -375,6 +406,8 @@ def _find_seam() -> _Seam | str:
         exclude_path_regex=seams.find(seams.EXCLUDE_PATH_REGEX),
         hash_computation=hash_computation if callable(hash_computation) else None,
         keyer=Keyer(internals),
+        string_attr=string_attr,
+        lapack_initialize=lapack_initialize if callable(lapack_initialize) else None,
     )
 
 
@@ -541,8 +574,12 @@ class _Tier:
         try:
             module = self._seam.parse_module(bytecode, context=self._context())
             shape_poly_state = self._seam.shape_poly_state((), platforms)
+            unprepared = self._prepare_custom_calls(module, bytecode)
         except Exception as error:  # MLIR refused the bytecode: noted, lowered again
             self._note(f"parse lowered module {key[:16]}: {type(error).__name__}: {error}")
+            return None
+        if unprepared is not None:  # stored by another version of the tier: lowered again
+            self._note(f"lowered module {key[:16]} calls {unprepared}: not served")
             return None
         results = {
             "module": module,
@@ -580,6 +617,10 @@ class _Tier:
             bytecode = bytes(self._seam.module_to_bytecode(module))
         except Exception as error:  # JAX's serializer failed: counted, not stored
             self._not_stored(NOT_SERIALIZED, f"{type(error).__name__}: {error}")
+            return
+        unprepared = self._prepare_custom_calls(module, bytecode)
+        if unprepared is not None:
+            self._not_stored(CUSTOM_CALL, f"{_module_name(arguments)}: {unprepared}")
             return
         header = EntryHeader(
             key=key,
@@ -621,6 +662,25 @@ class _Tier:
             return SHAPE_POLYMORPHISM, ""
         if getattr(state, "has_platform_index_argument", True):
             return MULTI_PLATFORM, ""
+        return None
+
+    def _prepare_custom_calls(self, module: Any, bytecode: bytes) -> str | None:
+        """Prepare what ``module``'s custom calls need in this process, as JAX's lowering
+        rules would have (LAPACK initialised); the first custom call target it cannot
+        prepare (``None``: every one is ready)."""
+        if b"custom_call" not in bytecode:  # the op's name is in any module that has one
+            return None
+        initialize = self._seam.lapack_initialize
+        lapack = False
+        for target in sorted(custom_call_targets(module, self._seam.string_attr)):
+            if target in XLA_CUSTOM_CALLS:
+                continue
+            if target.startswith(LAPACK_PREFIX) and initialize is not None:
+                lapack = True
+                continue
+            return target
+        if lapack and initialize is not None:
+            initialize()  # idempotent: JAX's rules call it before every LAPACK call
         return None
 
     def _put(self, key: str, data: bytes, lower_secs: float) -> bool:
@@ -716,6 +776,22 @@ class _Tier:
     def _add_serve_secs(self, secs: float) -> None:
         with self._lock:
             self._stats.serve_secs += secs
+
+
+def custom_call_targets(module: Any, string_attr: Any) -> set[str]:
+    """The targets of every custom call in ``module`` (its regions walked)."""
+    found: set[str] = set()
+    pending = [module.operation]
+    while pending:
+        operation = pending.pop()
+        for region in operation.regions:
+            for block in region.blocks:
+                for inner in block.operations:
+                    op = inner.operation
+                    if op.name.endswith(".custom_call"):
+                        found.add(str(string_attr(op.attributes["call_target_name"]).value))
+                    pending.append(op)
+    return found
 
 
 def _remember(table: OrderedDict[int, Any], module: Any, value: Any) -> None:

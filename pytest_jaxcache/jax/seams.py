@@ -277,6 +277,14 @@ HASH_COMPUTATION = Private(
     "hashes a module into its cache key: a served module is checked against its record",
     "served modules are not checked against the digest recorded when they were written",
 )
+LAPACK = Private(
+    "jaxlib.lapack",
+    "_lapack",
+    "initialises jaxlib's LAPACK kernels (their functions come from SciPy), as JAX's "
+    "lowering rules do before they emit a call to one: a served module that calls LAPACK "
+    "needs it first, or the call crashes the process",
+    "modules that call LAPACK are lowered as usual, never stored or served",
+)
 
 ALL = (
     GET_FILE_CACHE,
@@ -317,6 +325,7 @@ ALL = (
     DROP_VAR,
     CUSTOM_DERIVATIVE_LOWERING,
     HASH_COMPUTATION,
+    LAPACK,
 )
 
 ABSENT = object()
