@@ -48,7 +48,8 @@ The snapshot is the JSON document. Schema ``pytest-jaxcache/report``, version 2
               took), wall_secs (the session's wall)}
     lowering: null (--jax-cache-lowering=off), or {mode: on|verify, ran (whether the tier
               ran in any process), hits, misses, stored, not_stored{reason: count},
-              verified, mismatched, mismatches[] (program, key, diff command), checked,
+              verified, relocated (of verified: but for debug locations), mismatched,
+              mismatches[] (program, key, diff command), checked,
               check_failed, saved_secs, serve_secs, lower_secs, errors[]}, summed over
               processes
     workers:  {id: {store{...}, tests, misses[] (its own: {key, reason, cause, parts}),

@@ -65,6 +65,8 @@ class LoweringStats(Tally):
     # lowered and not written, by reason (no exact key, host callbacks, effects, ...)
     not_stored: dict[str, int] = field(default_factory=dict)
     verified: int = 0  # verify: a served module was identical to a fresh lowering
+    # ...of which identical but for debug locations (JAX's cache key leaves them out)
+    relocated: int = 0
     mismatched: int = 0  # verify: it was not; the fresh module was used
     mismatches: list[str] = field(default_factory=list)  # each: program, key, diff command
     checked: int = 0  # JAX's cache key of a served module was the one recorded...

@@ -145,7 +145,8 @@ def lowering_figures(lowering: Mapping[str, Any]) -> str:
     )
     if lowering["mode"] == "verify":
         line += (
-            f"; verify: {lowering['verified']} identical to a fresh lowering, "
+            f"; verify: {lowering['verified']} identical to a fresh lowering "
+            f"({lowering['relocated']} but for debug locations), "
             f"{lowering['mismatched']} differed"
         )
     if lowering["check_failed"]:

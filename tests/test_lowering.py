@@ -327,6 +327,7 @@ def test_verify_finds_every_served_module_identical(
         0,
         [],
     )
+    assert verify["relocated"] == 0  # one process after another: every location the same
     served = runs["b"].report["lowering"]
     assert served["checked"] == served["hits"] > 0 and served["check_failed"] == 0
 
