@@ -145,7 +145,8 @@ def run(ctx: Context) -> str:
         ),
         [
             "verify: modules that differ from a fresh lowering",
-            f"{mismatched} of {checked['verified']}",
+            f"{mismatched} of {checked['verified'] + mismatched} ({checked['relocated']} "
+            "identical but for debug locations)",
             "0",
             verdict(mismatched == 0),
         ],
