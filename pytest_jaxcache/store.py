@@ -134,6 +134,9 @@ class Store:
         self.machine_facts: dict[str, str] = {}
         self.session = ""  # the id of this session's fingerprint, stamped on entries
         self.session_started = math.inf  # entries written since are this session's (set by it)
+        # When an entry is written: the wall clock, shared by every process of a session
+        # (tests give a store a clock of its own to order writes without waiting on time).
+        self.clock: Callable[[], float] = time.time
         self.second: SecondTier | None = None  # the tier behind this one, if any
         self.single_flight = True  # off when nothing would release a claim
         self.verified: set[str] = set()  # entries this process verified (hits, writes, kept)
@@ -506,7 +509,7 @@ class Store:
                 return False
             metadata = Metadata(
                 compile_secs=compile_secs,
-                written_at=time.time(),
+                written_at=self.clock(),
                 machine=self.machine,
                 session=self.session,
                 parts=dict(parts or {}),

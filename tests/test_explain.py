@@ -144,7 +144,10 @@ def test_explain_each_reason(tmp_path: Path) -> None:
 
     current = session_store(tmp_path, NEW_ID, NEW)
     other_worker = session_store(tmp_path, NEW_ID, NEW)
-    write(other_worker, f"jit_fresh-{H1}")  # during this session: not an earlier one
+    # During this session, not an earlier one: at its start, however little time passed
+    # since the last write (a clock that had not moved 1 ms once made it "earlier").
+    other_worker.clock = lambda: started
+    write(other_worker, f"jit_fresh-{H1}")
     keys = [
         f"jit_{name}-{H2}"
         for name in ("upgraded", "edited", "unstamped", "orphan", "fresh", "brand_new")
