@@ -106,8 +106,13 @@ def _kill_group(process: subprocess.Popen[str]) -> None:
 _FAILED = re.compile(r"^FAILED (\S+)", re.MULTILINE)
 _CRASHED = re.compile(r"worker '(gw\d+)' crashed while running '(\S+)'")
 # A worker killed while execnet was still starting it: xdist's own internal error,
-# caused by the kill (seed 4229149717 killed one there).
-_KILLED_AT_BOOTSTRAP = re.compile(r"^INTERNALERROR> EOFError: expected \d+ bytes, got 0$", re.M)
+# caused by the kill. Seed 4229149717 killed one while execnet read its first bytes, seed
+# 865629175 while xdist asked it for its platform (setup_nodes: the channel was closed).
+_KILLED_AT_BOOTSTRAP = re.compile(
+    r"^INTERNALERROR> (EOFError: expected \d+ bytes, got 0"
+    r"|OSError: connection already closed: <Gateway id='gw\d+')",
+    re.M,
+)
 
 
 def unexplained(returncode: int, output: str, fate: str) -> list[str]:
@@ -144,12 +149,24 @@ INTERNALERROR> EOFError: expected 1 bytes, got 0
 """
 
 
+SETUP_KILL = """\
+INTERNALERROR>   File "xdist/workermanage.py", line 331, in setup
+INTERNALERROR>     self.gateway._rinfo()
+INTERNALERROR>   File "execnet/gateway_base.py", line 988, in new
+INTERNALERROR>     raise OSError(f"connection already closed: {self.gateway}")
+INTERNALERROR> OSError: connection already closed: <Gateway id='gw0' not-receiving, ...>
+"""
+
+
+@pytest.mark.parametrize("output", [BOOTSTRAP_KILL, SETUP_KILL], ids=["read", "setup"])
 @pytest.mark.parametrize("fate, explained", [("worker", True), ("none", False), ("session", False)])
-def test_a_worker_killed_at_bootstrap_is_explained_by_its_kill(fate: str, explained: bool) -> None:
-    """The flake of seed 4229149717: a worker SIGKILLed while execnet was starting it
-    ends the session in xdist's internal error. Explained when the soak killed a
-    worker; unexplained otherwise."""
-    found = unexplained(int(pytest.ExitCode.INTERNAL_ERROR), BOOTSTRAP_KILL, fate)
+def test_a_worker_killed_at_bootstrap_is_explained_by_its_kill(
+    output: str, fate: str, explained: bool
+) -> None:
+    """The flakes of seeds 4229149717 and 865629175: a worker SIGKILLed while execnet was
+    starting it, or while xdist set it up, ends the session in xdist's internal error.
+    Explained when the soak killed a worker; unexplained otherwise."""
+    found = unexplained(int(pytest.ExitCode.INTERNAL_ERROR), output, fate)
     assert (found == []) == explained, found
 
 
