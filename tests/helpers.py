@@ -101,6 +101,22 @@ class Session(NamedTuple):
     result: pytest.RunResult
     report: dict[str, Any]
 
+    def to_builtins(self) -> dict[str, Any]:
+        """The session as JSON-able data (what :func:`once_per_run` hands every worker)."""
+        result = self.result
+        return {
+            "ret": int(result.ret),
+            "outlines": result.outlines,
+            "errlines": result.errlines,
+            "duration": result.duration,
+            "report": self.report,
+        }
+
+    @classmethod
+    def from_builtins(cls, data: dict[str, Any]) -> Session:
+        result = pytest.RunResult(data["ret"], data["outlines"], data["errlines"], data["duration"])
+        return cls(result, data["report"])
+
 
 class RunJax(Protocol):
     """The ``run_jax`` fixture: a child pytest session in ``pytester.path``."""

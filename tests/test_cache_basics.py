@@ -17,6 +17,7 @@ import pytest
 from helpers import (
     CALLBACKS_CACHED,
     RunJax,
+    Session,
     assert_all_hits,
     entries,
     once_per_run,
@@ -599,12 +600,12 @@ def report_run(tmp_path_factory: pytest.TempPathFactory) -> ReportRun:
 
     def build(root: Path) -> dict[str, Any]:
         write_files(root, {"test_report.py": REPORT_SUITE})
-        result, report = run_session(root, "--jax-cache-dir=cache", "--strict-markers", "-rA")
-        return {"ret": int(result.ret), "outlines": result.outlines, "report": report}
+        run = run_session(root, "--jax-cache-dir=cache", "--strict-markers", "-rA")
+        return run.to_builtins()
 
-    root, run = once_per_run(tmp_path_factory, "report", build)
-    result = pytest.RunResult(run["ret"], run["outlines"], [], 0.0)
-    return ReportRun(result, run["report"], root / "cache")
+    root, data = once_per_run(tmp_path_factory, "report", build)
+    result, report = Session.from_builtins(data)
+    return ReportRun(result, report, root / "cache")
 
 
 def test_report_suite_passes_with_strict_markers(report_run: ReportRun) -> None:

@@ -254,16 +254,10 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
             "off": session(root, "off", "a", "off"),
             "verify": session(root, "verify", "b", "verify"),
         }
-        return {
-            name: {"ret": int(run.ret), "outlines": run.outlines, "report": found}
-            for name, (run, found) in runs.items()
-        }
+        return {name: run.to_builtins() for name, run in runs.items()}
 
     root, runs = once_per_run(tmp_path_factory, "lowering", build)
-    return root, {
-        name: Session(pytest.RunResult(run["ret"], run["outlines"], [], 0.0), run["report"])
-        for name, run in runs.items()
-    }
+    return root, {name: Session.from_builtins(run) for name, run in runs.items()}
 
 
 def test_a_warm_session_serves_every_module_it_stored(
