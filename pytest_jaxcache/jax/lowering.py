@@ -574,9 +574,13 @@ class _Tier:
         try:
             module = self._seam.parse_module(bytecode, context=self._context())
             shape_poly_state = self._seam.shape_poly_state((), platforms)
-            unprepared = self._prepare_custom_calls(module, bytecode)
         except Exception as error:  # MLIR refused the bytecode: noted, lowered again
             self._note(f"parse lowered module {key[:16]}: {type(error).__name__}: {error}")
+            return None
+        try:
+            unprepared = self._prepare_custom_calls(module, bytecode)
+        except Exception as error:  # LAPACK's initialiser failed: noted, lowered again
+            self._note(f"prepare lowered module {key[:16]}: {type(error).__name__}: {error}")
             return None
         if unprepared is not None:  # stored by another version of the tier: lowered again
             self._note(f"lowered module {key[:16]} calls {unprepared}: not served")
