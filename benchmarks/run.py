@@ -47,6 +47,7 @@ BENCHES: dict[str, str] = {
     "lowering": "bench_lowering",
     "roundtrip": "bench_roundtrip",
     "remote": "bench_remote",
+    "hostile": "bench_hostile",
     "distribution": "bench_distribution",
     "installs": "bench_installs",
 }

@@ -256,6 +256,8 @@ elif sys.argv[2] == "sizes":
     print(json.dumps({p[len(root) + 1:]: info["size"] for p, info in found.items()}))
 elif sys.argv[2] == "zeros":
     fs.pipe_file(f"{root}/{sys.argv[3]}", bytes(int(sys.argv[4])))
+elif sys.argv[2] == "remove":
+    fs.rm_file(f"{root}/{sys.argv[3]}")
 else:
     fs.pipe_file(f"{root}/{sys.argv[3]}", base64.b64decode(sys.stdin.read()))
 """
@@ -294,3 +296,7 @@ def put_object(emulator: Emulator, url: str, path: str, data: bytes) -> None:
 def put_zeros(emulator: Emulator, url: str, path: str, size: int) -> None:
     """An object of ``size`` zero bytes, made in the bucket (not sent through a pipe)."""
     _bucket_tool(emulator, url, "zeros", path, str(size))
+
+
+def remove_object(emulator: Emulator, url: str, path: str) -> None:
+    _bucket_tool(emulator, url, "remove", path)
