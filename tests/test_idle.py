@@ -55,6 +55,8 @@ ON_DEMAND = {
     "pytest_jaxcache.scheduler",
     "pytest_jaxcache.jax.lowering",
     "pytest_jaxcache.jax.lowering_key",
+    "pytest_jaxcache.jax.lowering_values",
+    "pytest_jaxcache.jax.lowering_internals",
 }
 # What only the controller, or the only process, needs: the report.
 REPORTING = {"pytest_jaxcache.snapshot", "pytest_jaxcache.maintenance", "pytest_jaxcache.terminal"}

@@ -33,7 +33,9 @@ from hypothesis import strategies as st
 from pytest_jaxcache.jax import lowering, lowering_entry, seams
 from pytest_jaxcache.jax.installation import JAX_STORE, Installation
 from pytest_jaxcache.jax.lowering_entry import BadEntry, EntryHeader
-from pytest_jaxcache.jax.lowering_key import KeyBuilder, Keyer, Uncachable
+from pytest_jaxcache.jax.lowering_internals import Uncachable
+from pytest_jaxcache.jax.lowering_key import Keyer
+from pytest_jaxcache.jax.lowering_values import KeyBuilder
 from pytest_jaxcache.settings import Lowering
 from pytest_jaxcache.stats import LoweringStats
 

@@ -11,6 +11,8 @@ feature-detected: without it, one notice and a working (if less informed) sessio
 - ``signals``      what JAX says: its log (why not written), its warnings, its events
 - ``lowering``     the lowering tier: lowered modules served from the store
 - ``lowering_key`` the exact key of one lowering, or why a program has none
+- ``lowering_values`` the tokens of every value a lowering depends on
+- ``lowering_internals`` what the key reads of JAX, and why a program has no key
 - ``lowering_entry`` the bytes of one stored lowered module, checked when read
 - ``fingerprint``  what this process's entries depend on besides the program
 - ``runtime``      public JAX calls the plugin makes during tests

@@ -43,10 +43,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pytest_jaxcache.jax import lowering_entry, lowering_key, seams
+from pytest_jaxcache.jax import (
+    lowering_entry,
+    lowering_internals,
+    lowering_key,
+    lowering_values,
+    seams,
+)
 from pytest_jaxcache.jax.installation import Installation
 from pytest_jaxcache.jax.lowering_entry import BadEntry, EntryHeader
-from pytest_jaxcache.jax.lowering_key import (
+from pytest_jaxcache.jax.lowering_internals import (
     EFFECTS,
     HIGH_LEVEL_JAXPR,
     HOST_CALLBACKS,
@@ -58,9 +64,9 @@ from pytest_jaxcache.jax.lowering_key import (
     UNREPRESENTABLE,
     USER_CODE,
     USER_LOWERING_RULE,
-    Keyer,
     Uncachable,
 )
+from pytest_jaxcache.jax.lowering_key import Keyer
 from pytest_jaxcache.settings import Lowering
 from pytest_jaxcache.stats import LoweringStats
 from pytest_jaxcache.tally import MAX_MESSAGES, count_by
@@ -386,7 +392,7 @@ def _find_seam() -> _Seam | str:
     for private in (seams.EXCLUDE_PATH_REGEX, seams.IS_USER_FILENAME):
         if not callable(getattr(seams.find(private), "cache_clear", None)):
             return seams.missing(private, "a cached function")
-    internals = lowering_key.find_internals(params, has_uncacheable_rules=family != "0.6")
+    internals = lowering_internals.find_internals(params, has_uncacheable_rules=family != "0.6")
     if isinstance(internals, str):
         return internals
     hash_computation = seams.find(seams.HASH_COMPUTATION)
@@ -416,7 +422,7 @@ def _exclude_own_frames(installation: Installation, seam: _Seam) -> None:
     (it calls JAX's lowering) are left out, as JAX leaves out its own."""
     own = [
         os.path.abspath(path)
-        for path in (__file__, lowering_key.__file__)
+        for path in (__file__, lowering_key.__file__, lowering_values.__file__)
         if os.path.abspath(path) not in seam.exclude_paths
     ]
     for path in own:

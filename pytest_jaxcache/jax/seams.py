@@ -133,7 +133,7 @@ CACHED_LOWERING = Private(
     "lowers a jaxpr to a module: the lowering tier serves modules here",
     "the lowering tier is off (every program is lowered)",
 )
-# The lowering tier's other names (pytest_jaxcache.jax.lowering, .lowering_key): without
+# The lowering tier's other names (pytest_jaxcache.jax.lowering, .lowering_internals): without
 # one of the required ones the tier is off, like without CACHED_LOWERING.
 _TIER_OFF = "the lowering tier is off (every program is lowered)"
 PXLA_LOGGER = Private(
