@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_jaxcache.layout import TMP, is_safe_name
+from pytest_jaxcache.layout import TMP, is_safe_name, temporary_name
 
 if TYPE_CHECKING:
     import filelock
@@ -44,13 +44,22 @@ except AttributeError as missing:  # pragma: no cover - every POSIX system has t
 
 DIR_MODE = 0o755
 FILE_MODE = 0o644
-_CHUNK = 1 << 24
+_SPARSE_FROM = 1 << 20
+_MAX_READ = 0x7FFFF000  # Linux's most bytes for one read() (MAX_RW_COUNT)
 
 
 class OddFile(OSError):
     """Something other than what was expected where a file or directory of ours should
     be: a link, a FIFO, a directory, a file with several links or another owner, a file
     too large to read, a name outside our grammar."""
+
+
+def _sparse(status: os.stat_result) -> bool:
+    """A file of more than 1 MiB with less than an eighth of it on disk: holes, not
+    data. Our entries are written whole (and are mostly compressed bytes), so a file
+    like this is not one, whatever its first bytes claim; reading it would cost memory
+    for nothing."""
+    return status.st_size > _SPARSE_FROM and status.st_blocks * 512 * 8 < status.st_size
 
 
 def kind_of(mode: int) -> str:
@@ -190,20 +199,23 @@ class CacheDir:
         try:
             if opened.st_size > limit:
                 raise OddFile(errno.EFBIG, f"{opened.st_size} bytes, more than {limit}", name)
-            chunks = []
-            remaining = opened.st_size + 1  # one more: a file that grew is noticed
             if check is not None:
-                head = os.read(fd, min(remaining, HEAD_BYTES))
-                check(head, opened)
-                chunks.append(head)
-                remaining -= len(head)
-            while remaining > 0:
-                chunk = os.read(fd, min(remaining, _CHUNK))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                remaining -= len(chunk)
-            data = b"".join(chunks)
+                check(os.read(fd, HEAD_BYTES), opened)
+                if _sparse(opened):
+                    raise OddFile(
+                        errno.EFBIG,
+                        f"{opened.st_size} bytes, {opened.st_blocks * 512} of them on disk: "
+                        "a sparse file, which this cache never writes",
+                        name,
+                    )
+                os.lseek(fd, 0, os.SEEK_SET)
+            # One read of one byte more than the file (a file that grew is noticed): one
+            # buffer of the file's size, never two (a join would copy). A regular file
+            # gives all that was asked at once, up to the kernel's most for one call.
+            wanted = opened.st_size + 1
+            data = os.read(fd, wanted)
+            if _MAX_READ <= len(data) < wanted:
+                data += os.read(fd, wanted - len(data))
             if len(data) > limit:
                 raise OddFile(errno.EFBIG, f"grew past {limit} bytes while read", name)
             return data, opened
@@ -223,7 +235,7 @@ class CacheDir:
         _check_name(name)
         target = self.fd(sub, create=True)
         tmp_dir = self.fd(TMP, create=True)
-        tmp = f"{name[:150]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp = temporary_name(name, os.getpid(), uuid.uuid4().hex[:8])
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
         fd = os.open(tmp, flags, FILE_MODE, dir_fd=tmp_dir)
         try:

@@ -43,12 +43,12 @@ from pytest_jaxcache.layout import (
     LOWERING_KEY,
     NAMESPACE,
     PREFETCH_LOCK,
-    TEMPORARY,
     TMP,
     is_entry_name,
     lock_name,
     marker_name,
     namespace_dir,
+    temporary_name,
 )
 from pytest_jaxcache.reasons import EARLIER, REMOTE, THIS_SESSION
 from pytest_jaxcache.stats import StoreStats
@@ -149,8 +149,7 @@ class Store:
     def writable(self) -> bool:
         """Whether files can be created here (a filled cache on a read-only mount, or
         another user's, opens fine and creates nothing until its first write)."""
-        probe = f"probe.{os.getpid()}.{threading.get_ident() & 0xFFFFFFFF:08x}.tmp"
-        assert TEMPORARY.fullmatch(probe)
+        probe = temporary_name("probe", os.getpid(), f"{threading.get_ident() & 0xFFFFFFFF:08x}")
         try:
             self.directory.create_empty(TMP, probe)
             self.directory.unlink(TMP, probe)

@@ -124,6 +124,15 @@ def test_a_name_is_an_entry_name_only_if_it_is_one_safe_component(name: str) -> 
     assert layout.is_entry_name(keys.file_name(name))
 
 
+@given(names | st.sampled_from([".gitignore", "CACHEDIR.TAG", "contents.json", ".x"]))
+def test_every_temporary_file_is_one_maintenance_knows_as_ours(name: str) -> None:
+    """Whatever file is written, the temporary one it goes through is of the layout's
+    temporary grammar: one that a killed process leaves behind is cleaned up, never
+    taken for someone else's file (which would make the directory not ours)."""
+    temporary = layout.temporary_name(name, 4_194_304, "0123abcd")
+    assert layout.TEMPORARY.fullmatch(temporary) and layout.allowed_in(layout.TMP, temporary)
+
+
 def _refused(operation: Callable[[], object]) -> bool:
     try:
         operation()

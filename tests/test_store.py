@@ -501,6 +501,40 @@ def test_an_odd_file_named_like_an_entry_is_skipped(
     assert (get_in_a_thread(open_store(cache), KEY).entry is not None) is replaced
 
 
+def _large_entry_file(root: Path, *, whole: bool) -> bytes:
+    """A valid entry of 4 MiB of random bytes (as large on disk: incompressible) at its
+    place, written whole or as its first 4 KiB over holes of the right size."""
+    payload = os.urandom(4 * 2**20)
+    valid = encode(KEY, payload, Metadata(machine=MACHINE))
+    path = entry_path(root)
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as handle:
+        handle.write(valid if whole else valid[:4096])
+        handle.truncate(len(valid))
+    return payload
+
+
+def test_an_entry_whose_head_is_right_but_whose_bytes_are_holes_is_never_read(
+    tmp_path: Path,
+) -> None:
+    """A file with a valid entry's first bytes and size, but holes where the rest should
+    be (a forged header over a sparse file): refused by what is on disk before it is
+    read, counted as an odd file."""
+    store = open_store(tmp_path)
+    _large_entry_file(tmp_path, whole=False)
+    found = store.get(KEY)
+    assert found.entry is None and "a sparse file" in found.refused, found
+    assert (store.stats.odd_files, store.stats.misses) == (1, 1)
+
+
+def test_a_large_entry_written_whole_loads(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    payload = _large_entry_file(tmp_path, whole=True)
+    found = store.get(KEY)
+    assert found.entry is not None and found.entry.payload == payload
+    assert (store.stats.odd_files, store.stats.hits) == (0, 1)
+
+
 def test_a_namespace_directory_that_is_a_link_loads_nothing(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
