@@ -35,6 +35,7 @@ import hmac
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -425,11 +426,11 @@ class Remote:
         try:
             fs, _ = self._filesystem()
             listed = self._listing(fs, machine)
-            if listed is not None:
-                if name not in listed:
-                    raise FileNotFoundError(name)
-                if not self._plausible(fs, machine, name, listed[name], check):
-                    return None
+            if listed is not None and name not in listed:
+                raise FileNotFoundError(name)
+            size = listed[name] if listed is not None else self._size(fs, machine, name)
+            if not self._plausible(fs, machine, name, size, check):
+                return None
             data: bytes = self._timed(
                 fs.cat_file, self._path(machine, name), start=0, end=self.max_object_bytes + 1
             )
@@ -450,6 +451,14 @@ class Remote:
                 self.stats.oversized += 1
                 return None
         return data
+
+    def _size(self, fs: Any, machine: str, name: str) -> int:
+        """The size of entry ``name``'s object, asked for alone (without a listing, so
+        that nothing is downloaded before its size is known). ``FileNotFoundError``
+        when there is none; an answer without a size reads as too large."""
+        info = self._timed(fs.info, self._path(machine, name))
+        size = info.get("size") if isinstance(info, dict) else None
+        return size if isinstance(size, int) and not isinstance(size, bool) else sys.maxsize
 
     def _plausible(self, fs: Any, machine: str, name: str, size: int, check: HeadCheck) -> bool:
         """Whether an object of its listed ``size`` may be an entry: within the entry
@@ -518,12 +527,14 @@ class Remote:
         try:
             fs, _ = self._filesystem()
             listed = self._listing(fs, machine)
-            if listed is not None:
-                names = [
-                    name
-                    for name in names
-                    if name in listed and self._plausible(fs, machine, name, listed[name], check)
-                ]
+            if listed is None:  # no sizes known: each entry is read through, size first
+                self.stats.note("no listing of the namespace: nothing prefetched")
+                return {}
+            names = [
+                name
+                for name in names
+                if name in listed and self._plausible(fs, machine, name, listed[name], check)
+            ]
             paths = [self._path(machine, name) for name in names]
             ends = [self.max_object_bytes + 1] * len(paths)
             # One deadline for the whole batch: a few calls' worth.

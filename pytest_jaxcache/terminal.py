@@ -165,6 +165,7 @@ def _lowering_lines(snapshot: Snapshot) -> list[str]:
         ranked = sorted(lowering["not_stored"].items(), key=lambda item: (-item[1], item[0]))
         lines.append("  not stored: " + ", ".join(f"{n} {why}" for why, n in ranked))
     lines += [f"  differed: {line}" for line in lowering["mismatches"]]
+    lines += [f"  note: {error}" for error in lowering["errors"][:3]]
     return lines
 
 
@@ -333,12 +334,26 @@ def _worker_lines(snapshot: Snapshot) -> list[str]:
     return lines
 
 
+def _remote_refusals(remote: Mapping[str, Any]) -> list[str]:
+    """What the bucket held that was refused, in one line (none: nothing refused)."""
+    refused = [
+        (remote["foreign_names"], "names that are not entry names"),
+        (remote["oversized"], "objects too large to be entries"),
+        (remote["manifests_ignored"], "manifests ignored"),
+    ]
+    said = [f"{count} {words}" for count, words in refused if count]
+    return [f"remote {remote['url']} held what was refused: {', '.join(said)}"] if said else []
+
+
 def problems(snapshot: Snapshot) -> list[str]:
     """The notices: what went wrong or was turned off, one line each."""
     found = list(snapshot["cache"]["notices"])
     remote = snapshot["remote"]
-    if remote is not None and remote["off"]:
-        found.append(f"remote {remote['url']} turned off: {remote['off']}")
+    if remote is not None:
+        if remote["off"]:
+            found.append(f"remote {remote['url']} turned off: {remote['off']}")
+        found += _remote_refusals(remote)
+        found += [f"remote: {error}" for error in remote["errors"][:3]]
     for worker in snapshot["lost_workers"]:
         found.append(f"worker {worker} crashed: its compile records are missing")
     warnings = snapshot["cache_warnings"]

@@ -186,8 +186,13 @@ class Proxy:
 
 
 @contextmanager
-def stalling_proxy(upstream: str, answers: Callable[[str, str], bool]) -> Iterator[Proxy]:
-    """Yields a :class:`Proxy` on 127.0.0.1 in front of ``upstream``."""
+def stalling_proxy(
+    upstream: str,
+    answers: Callable[[str, str], bool],
+    forbids: Callable[[str, str], bool] = lambda _method, _path: False,
+) -> Iterator[Proxy]:
+    """Yields a :class:`Proxy` on 127.0.0.1 in front of ``upstream``; what ``forbids``
+    matches (among what it answers) gets ``403 Forbidden`` instead."""
     release = threading.Event()
     target = urllib.parse.urlsplit(upstream)
     lock = threading.Lock()
@@ -210,6 +215,11 @@ def stalling_proxy(upstream: str, answers: Callable[[str, str], bool]) -> Iterat
                 return
             with lock:
                 proxy.answered.append(request)
+            if forbids(self.command, self.path):
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             host = target.hostname or "127.0.0.1"
             connection = http.client.HTTPConnection(host, target.port, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
@@ -220,7 +230,9 @@ def stalling_proxy(upstream: str, answers: Callable[[str, str], bool]) -> Iterat
             for name, value in answer.getheaders():
                 if name.lower() not in ("transfer-encoding", "content-length", "connection"):
                     self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
+            # A HEAD's answer has no body, and says the size of the object it describes.
+            size = answer.getheader("Content-Length", "0") if self.command == "HEAD" else len(data)
+            self.send_header("Content-Length", str(size))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)

@@ -91,6 +91,8 @@ def test_names_from_a_manifest_are_never_paths(
     assert not planted.exists()
     remote = report["remote"]
     assert remote["foreign_names"] >= len(hostile), remote
+    said = f"notice: remote {url} held what was refused: {remote['foreign_names']} names that"
+    assert sum(line.startswith(said) for line in result.outlines) == 1, result.outlines[-30:]
     assert remote["prefetched"] == 3 and report["cachable"]["hits"] == 3, remote
     assert {path.parent.name for path in entries(checkout / "cache")} == {namespace}
     written_back = json.loads(objects(emulator, url)[manifest])["sessions"]
@@ -112,6 +114,10 @@ def test_a_giant_manifest_is_ignored_and_never_written_back(tmp_path: Path, s3: 
     remote = report["remote"]
     assert remote["manifests_ignored"] == 1 and remote["prefetched"] == 0, remote
     assert any("the manifest" in error and "ignored" in error for error in remote["errors"])
+    assert f"notice: remote {url} held what was refused: 1 manifests ignored" in result.outlines
+    assert any(
+        line.startswith("notice: remote: ") and "ignored" in line for line in result.outlines
+    )
     assert report["cachable"]["hits"] == 3  # read-through still serves every program
     sessions = json.loads(objects(s3, url)[manifest])["sessions"]
     assert [len(names) for names in sessions] == [3]
@@ -160,6 +166,33 @@ def test_an_object_too_large_to_be_its_entry_is_never_downloaded_whole(
     assert remote["bytes_down"] < 2**20, remote
     assert (remote["refused"], remote["hits"], report["totals"]["misses"]) == (1, 2, 1)
     assert object_sizes(s3, url)[victim] < 2**20  # the real entry took its place
+
+
+def test_without_a_listing_an_object_is_judged_by_its_size_before_it_comes(
+    tmp_path: Path, s3: Emulator
+) -> None:
+    """The namespace cannot be listed (the bucket forbids it): nothing is prefetched
+    (no size is known), and each lookup asks its object's size first, so a 64 MB object
+    in place of an entry is judged by its head and never downloaded whole."""
+    url = s3.url("unlisted")
+    first_machine(tmp_path, url, s3)
+    victim = sorted(path for path in object_sizes(s3, url) if "/manifests/" not in path)[0]
+    put_zeros(s3, url, victim, 64 * 2**20)
+    checkout = tmp_path / "b"
+    write_files(checkout, SUITE)
+
+    def lists(method: str, path: str) -> bool:
+        return method == "GET" and "list-type=" in path
+
+    with stalling_proxy(s3.endpoint, lambda _method, _path: True, forbids=lists) as proxy:
+        result, report = run(checkout, url, s3, FSSPEC_S3_ENDPOINT_URL=proxy.endpoint)
+    result.assert_outcomes(passed=3)
+    assert any("list-type=" in request for request in proxy.answered)
+    remote = report["remote"]
+    assert remote["off"] is None and remote["prefetched"] == 0, remote
+    assert remote["bytes_down"] < 2**20, (remote, proxy.answered)
+    assert (remote["refused"], remote["hits"], report["totals"]["misses"]) == (1, 2, 1)
+    assert any("nothing prefetched" in error for error in remote["errors"]), remote["errors"]
 
 
 def test_a_stalled_remote_costs_each_process_one_call_at_most(tmp_path: Path, s3: Emulator) -> None:
