@@ -3,17 +3,20 @@
 Every entry records a digest of each part of its key as JAX computed it (the lowered
 module, the compile options, the devices, ...), the id of the writing session's
 fingerprint (jaxlib, XLA_FLAGS, key-relevant config, ...) and a few *facts* about its
-program: its input types, a digest of its module with the constants left out, and of
-its jaxpr. For a miss of ``<name>-<hash>`` we look for earlier entries of the same
-program name, written before this session started:
+program: its input types and a digest of its module with the constants left out. For a
+miss of ``<name>-<hash>`` we look for earlier entries of the same program name, written
+before this session started:
 
 - none: a new program, no earlier session compiled it;
 - an entry found and refused (another machine's, untrusted): why it was refused;
 - entries of this machine with key parts: the nearest one is the program's own past
   (same input types first, then the most parts equal, then the newest); the parts that
   differ say why, and when only the module differs, its facts say whether only
-  embedded constants changed (a program closed over fresh random values) or JAX
-  lowered the same jaxpr differently (jax-ml/jax#40312): misses nobody caused;
+  embedded constants changed (a program closed over fresh random values): misses
+  nobody caused. (A module that JAX lowered differently from the same jaxpr,
+  jax-ml/jax#40312, cannot be told from a code change here: the compile does not see
+  the jaxpr. With ``--jax-cache-lowering=on`` the same jaxpr is served the same
+  module, and ``verify`` names the programs whose fresh lowering differs);
 - otherwise, entries written under the same fingerprint: the program itself changed;
   under other fingerprints (another machine's too): what changed in the environment.
 """
@@ -30,8 +33,6 @@ from pytest_jaxcache.reasons import (
     CONSTANTS_DIFFER,
     ENVIRONMENT,
     KEY_PARTS,
-    LOWERING,
-    LOWERING_DIFFERS,
     NEW,
     NEW_PROGRAM,
     PROGRAM,
@@ -46,7 +47,6 @@ from pytest_jaxcache.store import Store
 # Facts an entry records about its program (Metadata.facts).
 INPUTS = "inputs"  # the types of the module's inputs and outputs
 STRUCTURE = "structure"  # a digest of the module with its constants left out
-JAXPR = "jaxpr"  # a digest of the jaxpr it was lowered from
 COMPUTATION = "computation"  # the key part that holds the lowered module
 
 
@@ -89,8 +89,6 @@ def unstable_cause(
         return None
     if facts.get(STRUCTURE) and theirs.get(STRUCTURE) == facts[STRUCTURE]:
         return CONSTANTS, CONSTANTS_DIFFER
-    if facts.get(JAXPR) and theirs.get(JAXPR) == facts[JAXPR]:
-        return LOWERING, LOWERING_DIFFERS
     return None
 
 

@@ -77,14 +77,13 @@ NEW = "new"  # no earlier entry of the program
 REFUSED = "refused"  # its entry was found and not loaded
 KEY_PARTS = "key parts"  # parts of the key differ from the nearest earlier entry's
 CONSTANTS = "constants"  # only constants embedded in the module differ
-LOWERING = "lowering"  # the same jaxpr lowered to another module (jax-ml/jax#40312)
 PROGRAM = "program"  # an earlier entry under this environment, no parts to compare
 ENVIRONMENT = "environment"  # earlier entries under another environment only
 UNEXPLAINED = "unexplained"  # our store did not see the key
-CAUSES = (NEW, REFUSED, KEY_PARTS, CONSTANTS, LOWERING, PROGRAM, ENVIRONMENT, UNEXPLAINED)
+CAUSES = (NEW, REFUSED, KEY_PARTS, CONSTANTS, PROGRAM, ENVIRONMENT, UNEXPLAINED)
 # Causes that no change of code or environment explains: the program's key differs from
 # one run to the next by itself.
-UNSTABLE = (CONSTANTS, LOWERING)
+UNSTABLE = (CONSTANTS,)
 
 NEW_PROGRAM = "new program: no earlier session compiled it"
 PROGRAM_CHANGED = "program changed: same name, other code, shapes, dtypes or options"
@@ -93,10 +92,6 @@ NOT_EXPLAINED = "not explained: our store did not see its key (JAX's own store s
 CONSTANTS_DIFFER = (
     "constants captured by the program differ from the last run's: pass them as arguments "
     "or seed them"
-)
-LOWERING_DIFFERS = (
-    "JAX lowered the same jaxpr to another module (its lowering depends on what the "
-    "process traced before: jax-ml/jax#40312)"
 )
 # What a difference in each part of JAX's key means (parts named as JAX's cache_key module
 # names them; the same from JAX 0.6 to 0.12), environment-wide parts first.

@@ -34,10 +34,10 @@ The snapshot is the JSON document. Schema ``pytest-jaxcache/report``, version 2
                 it was compiled rather than served, in words, "" on a hit)
     not_written[]: {code, reason, count, secs, examples[], remedy}: compiled and not
                  written, by reason (remedy: what would keep such programs, or "")
-    misses[]: {reason, cause: new|refused|key parts|constants|lowering|program|environment|
+    misses[]: {reason, cause: new|refused|key parts|constants|program|environment|
                unexplained,
                parts[] (the key parts that differ), count, examples[], tests[] (for the
-               causes no code change explains: constants, lowering)}
+               cause no code change explains: constants)}
     uncachable_tests[]: {nodeid, outside, marked, programs[]} (outside: import/collection)
     unneeded_markers[]: nodeids marked jax_errors whose programs were all cachable
     slowest_compiling[]: {nodeid, phase, compile_secs, compiled, hits, retrieval_secs}
@@ -68,7 +68,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from typing import Any
 
 from pytest_jaxcache import reasons
@@ -143,7 +143,8 @@ def build(
     or the only process; else the xdist worker id) to what it did."""
     ordered = sorted(shares.items())
     tests = _merge_tests(ordered)
-    compiles = [c for _, share in ordered for c in share.records.compiles]
+    prefetched = {name for _, share in ordered for name in share.prefetched}
+    compiles = [_sourced(c, prefetched) for _, share in ordered for c in share.records.compiles]
     misses = {(worker, miss.key): miss for worker, share in ordered for miss in share.misses}
 
     def miss_of(record: CompileRecord) -> Miss | None:
@@ -190,7 +191,7 @@ def build(
         "errors": _counts_json(errors),
         "hit_sources": _hit_sources(compiles),
         "store": asdict(store),
-        "remote": _remote(remote, ordered, compiles, fingerprint),
+        "remote": _remote(remote, ordered, compiles, fingerprint, prefetched),
         "tests": [_test_json(record) for record in tests],
         "compiles": [
             {
@@ -294,19 +295,29 @@ def _hit_sources(compiles: list[CompileRecord]) -> dict[str, int]:
     return {source: found.get(source, 0) for source in reasons.HIT_SOURCES}
 
 
+def _sourced(record: CompileRecord, prefetched: set[str]) -> CompileRecord:
+    """``record``, a hit on an entry that a process of this session downloaded ahead
+    saying it came from the remote (the file keeps its writer's time, which says "an
+    earlier session", and another process may have read it)."""
+    if record.outcome != HIT or record.source != reasons.EARLIER or not record.key:
+        return record
+    if file_name(record.key) not in prefetched:
+        return record
+    return replace(record, source=reasons.REMOTE)
+
+
 def _remote(
     remote: RemoteState | None,
     ordered: list[tuple[str, WorkerReport]],
     compiles: list[CompileRecord],
     fingerprint: Mapping[str, str],
+    prefetched: set[str],
 ) -> dict[str, Any] | None:
     if remote is None:
         return None
     stats = RemoteStats()
-    prefetched: set[str] = set()
     for _, share in ordered:
         stats.add(share.remote)
-        prefetched.update(share.prefetched)
     hit = {file_name(c.key) for c in compiles if c.outcome == HIT and c.key}
     stats.prefetched_used = len(prefetched & hit)
     off = next((s.remote_off for _, s in ordered if s.remote_off), "")

@@ -114,6 +114,10 @@ def test_a_second_machine_gets_every_program_from_the_remote(
     if_prefetched = {"yes": (N_PROGRAMS, N_PROGRAMS, 0), "no": (0, 0, N_PROGRAMS)}[prefetch]
     assert (remote["prefetched"], remote["prefetched_used"], remote["hits"]) == if_prefetched
     assert remote["bytes_down"] > 0 and remote["uploads"] == 0
+    # Every hit came from the remote, downloaded ahead or read through, and says so.
+    assert warm["hit_sources"] == {"earlier session": 0, "this session": 0, "remote": N_PROGRAMS}
+    assert {c["source"] for c in warm["compiles"]} == {"remote"}
+    assert f"hits: {N_PROGRAMS} from the remote" in result.outlines
     assert len(list((second / "cache" / "entries" / namespace).iterdir())) == N_PROGRAMS
     assert any(line.startswith(f"remote: {url} (namespace {namespace}") for line in result.outlines)
     # What came down was written locally: the contents changed (a CI job saves them).
