@@ -4,9 +4,11 @@ program's compile time. What shards and the xdist scheduler predict a test's cos
 
 One file per machine namespace, ``history/<namespace>.json`` (the layout's grammar),
 written at the end of every read-write session (merged with what it holds: a shard
-updates its own tests and keeps the others'); read at the start of one. Everything in it
-is outside input: read with a byte cap, every name checked (programs must be entry
-names), every number bounded; anything else reads as no history.
+updates its own tests and keeps the others'; each test's newest record wins, also when
+``jaxcache merge`` joins the shards' caches); read at the start of one. Everything in it
+is outside input: read with caps in bytes and in JSON items (what bounds the memory
+parsing takes, whatever the shape), every name checked (programs must be entry names),
+every number bounded; anything else reads as no history.
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ from pytest_jaxcache.markers import ERRORS
 from pytest_jaxcache.reasons import MISS
 
 VERSION = 1
-MAX_BYTES = 32 * 2**20
+# The items (a comma or a colon each, counted before parsing, those inside strings too)
+# bound the objects parsing makes: at most about 35 MB, whatever the document holds.
+# Both caps hold about 18,000 tests of one program each, or 7,000 of ten; a larger
+# suite keeps the records of the tests that ran last.
+MAX_BYTES = 8 * 2**20
+MAX_ITEMS = 300_000
 MAX_TESTS = 100_000
 MAX_PROGRAMS_PER_TEST = 256
 MAX_NODEID = 2000
 MAX_SECS = 7 * 24 * 3600.0
+MAX_TIME = 1e11  # a Unix time, before the year 5000
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class TestCost:
     load_secs: float = 0.0
     programs: tuple[str, ...] = ()  # the entries it compiled or loaded
     errors: bool = False  # marked jax_errors
+    at: float = 0.0  # when it was recorded (Unix time; 0: unknown): the newest wins
 
 
 @dataclass(frozen=True)
@@ -54,23 +63,51 @@ class History:
         return bool(self.tests)
 
     def merged(self, newer: History) -> History:
-        """This history with ``newer``'s records in place of its own (a shard's session
-        updates its tests and keeps the rest)."""
-        return History({**self.tests, **newer.tests}, {**self.programs, **newer.programs})
+        """This history with ``newer``'s records in place of its own, test by test,
+        unless its own are more recent (a shard's session updates its tests and keeps
+        the rest; a shard's cache merged later keeps the other shards' newer records)."""
+        tests = dict(self.tests)
+        for nodeid, cost in newer.tests.items():
+            mine = tests.get(nodeid)
+            if mine is None or cost.at >= mine.at:
+                tests[nodeid] = cost
+        return History(tests, {**self.programs, **newer.programs})
 
     def to_json(self) -> bytes:
-        tests = {
-            nodeid: {
-                "wall": cost.wall_secs,
-                "compile": cost.compile_secs,
-                "load": cost.load_secs,
-                "programs": list(cost.programs),
-                "errors": cost.errors,
-            }
-            for nodeid, cost in sorted(self.tests.items())[:MAX_TESTS]
+        """The history as a document within the caps: the most recent records that fit
+        (a suite too large for them keeps a history of the tests that ran last)."""
+        ordered = sorted(self.tests.items(), key=lambda item: (-item[1].at, item[0]))
+        keep = min(len(ordered), MAX_TESTS)
+        while True:
+            data = self._document(dict(ordered[:keep]))
+            if within_caps(data) or keep == 0:
+                return data
+            keep = keep * 9 // 10
+
+    def _document(self, tests: Mapping[str, TestCost]) -> bytes:
+        used = {name for cost in tests.values() for name in cost.programs}
+        document = {
+            "version": VERSION,
+            "tests": {
+                nodeid: {
+                    "wall": cost.wall_secs,
+                    "compile": cost.compile_secs,
+                    "load": cost.load_secs,
+                    "programs": list(cost.programs),
+                    "errors": cost.errors,
+                    "at": cost.at,
+                }
+                for nodeid, cost in tests.items()
+            },
+            "programs": {name: secs for name, secs in self.programs.items() if name in used},
         }
-        document = {"version": VERSION, "tests": tests, "programs": dict(self.programs)}
         return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def within_caps(data: bytes) -> bool:
+    """Whether a history document is small enough to be read (:data:`MAX_BYTES`,
+    :data:`MAX_ITEMS`)."""
+    return len(data) <= MAX_BYTES and data.count(b",") + data.count(b":") <= MAX_ITEMS
 
 
 def _secs(value: object) -> float:
@@ -85,7 +122,7 @@ def _secs(value: object) -> float:
 def parse(data: bytes) -> History:
     """The history in ``data``: every test and program that checks out (a record that
     does not is left out); an empty history when the document is not ours."""
-    if len(data) > MAX_BYTES:
+    if not within_caps(data):
         return History()
     try:
         document = json.loads(data)
@@ -126,7 +163,17 @@ def _cost(nodeid: object, record: object) -> TestCost:
         load_secs=_secs(record.get("load", 0.0)),
         programs=tuple(name for name in names if is_entry_name(name)),
         errors=record.get("errors") is True,
+        at=_time(record.get("at", 0.0)),
     )
+
+
+def _time(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("not a number")
+    number = float(value)
+    if not (math.isfinite(number) and 0 <= number <= MAX_TIME):
+        raise ValueError("out of bounds")
+    return number
 
 
 def load(directory: CacheDir) -> History:
@@ -162,10 +209,11 @@ def save(directory: CacheDir, namespace: str, session: History) -> None:
 
 
 def of_session(
-    tests: Iterable[Mapping[str, object]], compiles: Iterable[Mapping[str, object]]
+    tests: Iterable[Mapping[str, object]], compiles: Iterable[Mapping[str, object]], at: float
 ) -> History:
-    """A session's history from its snapshot's ``tests`` and ``compiles`` (a program
-    that was a hit keeps the compile time an earlier session recorded)."""
+    """A session's history from its snapshot's ``tests`` and ``compiles``, recorded at
+    ``at`` (a program that was a hit keeps the compile time an earlier session
+    recorded)."""
     used: dict[str, list[str]] = {}
     programs: dict[str, float] = {}
     for record in compiles:
@@ -196,5 +244,6 @@ def of_session(
             load_secs=min(load_secs, MAX_SECS),
             programs=tuple(used.get(nodeid, ())),
             errors=isinstance(markers, list) and ERRORS in markers,
+            at=min(max(at, 0.0), MAX_TIME),
         )
     return History(costs, programs)

@@ -502,7 +502,7 @@ class CacheSession:
         fingerprint = self._fingerprint()
         if self.store is None or self.store.readonly or not fingerprint:
             return
-        session = history.of_session(data["tests"], data["compiles"])
+        session = history.of_session(data["tests"], data["compiles"], time.time())
         try:
             history.save(self.store.directory, environment.namespace(fingerprint), session)
         except OSError as error:

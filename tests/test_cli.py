@@ -315,11 +315,16 @@ def test_show_counts_every_session_and_a_closed_pipe_ends_quietly(cli: Cli, tmp_
 
 def test_merge_makes_one_cache_of_the_shards_caches(cli: Cli, tmp_path: Path) -> None:
     """Two shards' caches (some entries in common, each with its tests' history) become
-    one: every entry once, both histories (the later source's records winning), and
+    one: every entry once, both histories (each test's newest record winning, whichever
+    source holds it: a shard restored the whole history and ran only its own tests), and
     contents.json in step; the sources are left as they were."""
     first, second = filled(tmp_path / "one", 3), filled(tmp_path / "two", 5)
-    for store, tests in ((first, {"t::a": 1.0, "t::b": 2.0}), (second, {"t::b": 3.0, "t::c": 4.0})):
-        costs = {nodeid: TestCost(wall_secs=secs) for nodeid, secs in tests.items()}
+    recorded = (
+        (first, {"t::a": (1.0, 10.0), "t::b": (2.0, 30.0)}),
+        (second, {"t::b": (3.0, 20.0), "t::c": (4.0, 20.0)}),
+    )
+    for store, tests in recorded:
+        costs = {nodeid: TestCost(wall_secs=secs, at=at) for nodeid, (secs, at) in tests.items()}
         history.save(store.directory, MACHINE, History(costs))
     before = {path: path.read_bytes() for path in (tmp_path / "two").rglob("*") if path.is_file()}
     result = cli("merge", str(tmp_path / "merged"), str(first.root), str(second.root))
@@ -327,6 +332,6 @@ def test_merge_makes_one_cache_of_the_shards_caches(cli: Cli, tmp_path: Path) ->
     merged = Store(claimed(tmp_path / "merged"))
     assert [p.name for p in entries(merged.root)] == sorted(file_name(key(i)) for i in range(5))
     walls = {n: c.wall_secs for n, c in history.load(merged.directory).tests.items()}
-    assert walls == {"t::a": 1.0, "t::b": 3.0, "t::c": 4.0}
+    assert walls == {"t::a": 1.0, "t::b": 2.0, "t::c": 4.0}
     assert json.loads((merged.root / "contents.json").read_text())["entries"] == 5
     assert before == {p: p.read_bytes() for p in (tmp_path / "two").rglob("*") if p.is_file()}

@@ -6,6 +6,7 @@ lacks it."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -145,3 +146,62 @@ def test_a_history_of_anything_reads_as_bounded_records(data: bytes) -> None:
         assert 0 <= cost.wall_secs <= history_module.MAX_SECS
         assert all(is_entry_name(name) for name in cost.programs)
     assert all(0 <= secs <= history_module.MAX_SECS for secs in past.programs.values())
+    assert all(0 <= cost.at <= history_module.MAX_TIME for cost in past.tests.values())
+
+
+def _at_the_caps(item: str, per_item: int) -> bytes:
+    """A history document of as many ``item`` s (each ``per_item`` commas and colons)
+    as the caps let through, in place of the tests."""
+    count = history_module.MAX_ITEMS // per_item - 10
+    body = ",".join(item.format(i=i) for i in range(count))
+    return ('{"version":1,"programs":{},"tests":{' + body + "}}").encode()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _at_the_caps('"{i}":{{}}', 2),
+        _at_the_caps('"{i}":{{"a":{i}}}', 3),
+        _at_the_caps('"{i}":{{"programs":["' + "a" * 20 + '"]}}', 3),
+        json.dumps(
+            {"version": 1, "tests": {"t": {"programs": ["a" * 17] * 299_000}}, "programs": {}}
+        ).encode(),
+    ],
+    ids=["empty records", "small records", "strings", "one long list"],
+)
+def test_a_history_at_its_caps_parses_in_bounded_memory(data: bytes) -> None:
+    """Whatever shape a history file has, parsing what the caps let through makes at
+    most a few tens of MB of objects (a 32 MB file of short strings once took 430 MB);
+    one just over them is not parsed at all."""
+    assert history_module.within_caps(data)
+    tracemalloc.start()
+    try:
+        history_module.parse(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20, f"{peak} bytes"
+    assert not history_module.within_caps(data + b"," * (history_module.MAX_ITEMS // 10))
+
+
+def test_each_tests_newest_record_wins_a_merge() -> None:
+    older = History({"a": TestCost(1.0, at=10.0), "b": TestCost(2.0, at=30.0)})
+    newer = History({"b": TestCost(3.0, at=20.0), "c": TestCost(4.0, at=20.0)})
+    walls = {nodeid: cost.wall_secs for nodeid, cost in older.merged(newer).tests.items()}
+    assert walls == {"a": 1.0, "b": 2.0, "c": 4.0}
+
+
+def test_a_history_too_large_for_the_caps_keeps_the_newest_records() -> None:
+    """A suite whose records do not fit the caps keeps those of the tests that ran
+    last, and the programs they used: what is written can always be read back."""
+    name = "jit_f-" + "a" * 64
+    tests = {
+        f"tests/test_x.py::test_{i}": TestCost(1.0, programs=(name,), at=float(i))
+        for i in range(40_000)
+    }
+    data = History(tests, {name: 1.0}).to_json()
+    back = history_module.parse(data)
+    assert history_module.within_caps(data) and 0 < len(back.tests) < len(tests)
+    oldest_kept = min(cost.at for cost in back.tests.values())
+    assert set(back.tests) == {n for n, c in tests.items() if c.at >= oldest_kept}
+    assert back.programs == {name: 1.0}
