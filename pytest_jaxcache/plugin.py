@@ -75,6 +75,12 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         jax_environment = settings.jax_environment(os.environ, base) if resolved.enabled else {}
     except settings.SettingsError as error:
         raise pytest.UsageError(f"pytest-jaxcache: {error}") from None
+    if not resolved.enabled and resolved.shard is not None:
+        raise pytest.UsageError(
+            f"pytest-jaxcache: {resolved.source(settings.SHARD)} needs a cache "
+            f"({settings.DIR.cli}, ini {settings.DIR.ini} or {settings.DIR.env}): "
+            "without one, every job of the matrix would run every test"
+        )
     if not resolved.enabled:
         env = settings.DIR.env
         if resolved.dir_source.kind in ("cli", "ini") and env and os.environ.get(env):

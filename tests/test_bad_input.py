@@ -54,6 +54,15 @@ C = "--jax-cache-dir=c"
 MAX_ENV = "JAX_COMPILATION_CACHE_MAX_SIZE"
 INVALID = {
     "cli-dir-file": (["--jax-cache-dir=afile"], "", {}, ["--jax-cache-dir", "not a directory"]),
+    # Without a cache the plugin is idle: a shard option would be ignored, and every job
+    # of a CI matrix would run the whole suite.
+    "cli-shard-without-cache": (["--jax-cache-shard=1/2"], "", {}, ["--jax-cache-shard", "needs"]),
+    "env-shard-without-cache": (
+        [],
+        "",
+        {"JAX_CACHE_SHARD": "1/2"},
+        ["env JAX_CACHE_SHARD", "needs a cache"],
+    ),
     "ini-dir-file": ([], "jax_cache_dir = afile", {}, ["ini jax_cache_dir", "not a directory"]),
     "cli-min-compile-time": (
         [C, "--jax-cache-min-compile-time=abc"],
