@@ -92,6 +92,27 @@ class _Stalled(Exception):
     """A call did not finish within its deadline."""
 
 
+def parse_listing(found: list[Any]) -> tuple[dict[str, int], int]:
+    """A namespace's listing (``fs.ls(..., detail=True)``: outside input) as entry names
+    and their sizes, and how many items were anything else (counted, never used; the
+    ``manifests`` folder is expected)."""
+    names: dict[str, int] = {}
+    foreign = 0
+    for item in found:
+        if not isinstance(item, dict):
+            foreign += 1
+            continue
+        name = str(item.get("name", "")).rsplit("/", 1)[-1]
+        size = item.get("size")
+        if item.get("type") == "directory" and name == "manifests":
+            continue
+        if not is_entry_name(name) or type(size) is not int or size < 0:
+            foreign += 1
+            continue
+        names[name] = size
+    return names, foreign
+
+
 def _short(error: BaseException) -> str:
     if isinstance(error, _Stalled):
         return str(error)
@@ -399,20 +420,11 @@ class Remote:
             self._failed("list the entries", error)
             return None
         self._succeeded()
-        if len(found) > MAX_LISTED:
-            self.stats.note(f"the namespace lists {len(found)} objects: not used as an index")
+        if not isinstance(found, list) or len(found) > MAX_LISTED:
+            size = len(found) if isinstance(found, list) else type(found).__name__
+            self.stats.note(f"the namespace lists {size} objects: not used as an index")
             return None
-        names: dict[str, int] = {}
-        foreign = 0
-        for item in found:
-            name = str(item.get("name", "")).rsplit("/", 1)[-1] if isinstance(item, dict) else ""
-            size = item.get("size") if isinstance(item, dict) else None
-            if item.get("type") == "directory" and name == "manifests":
-                continue
-            if not is_entry_name(name) or not isinstance(size, int):
-                foreign += 1
-                continue
-            names[name] = size
+        names, foreign = parse_listing(found)
         with self._lock:
             self.stats.foreign_names += foreign
         return names

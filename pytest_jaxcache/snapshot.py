@@ -60,8 +60,9 @@ The snapshot is the JSON document. Schema ``pytest-jaxcache/report``, version 2
 ``counts`` is {requests, hits, misses, uncachable, unwritten, uncached, compile_secs,
 outside_secs, retrieval_secs, saved_secs, saved_unknown, wait_secs, trace_secs, lower_secs}
 and, in totals/cachable/errors, programs (every compile), lookups (hits + misses),
-hit_rate (hits / lookups) and outside (uncachable + unwritten + uncached, whose compile
-time is outside_secs); times in seconds.
+hit_rate (hits / lookups), outside (uncachable + unwritten + uncached, whose compile
+time is outside_secs) and inside_secs (compile time of the cachable programs:
+compile_secs - outside_secs); times in seconds.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def _counts_json(counts: Counts) -> dict[str, Any]:
         "lookups": counts.hits + counts.misses,
         "hit_rate": hit_rate(counts),
         "outside": counts.uncachable + counts.unwritten + counts.uncached,
+        "inside_secs": counts.compile_secs - counts.outside_secs,
     }
 
 

@@ -60,7 +60,7 @@ def markdown(snapshot: dict[str, Any]) -> str:
         ["Outside the cachable set", compiled_outside(totals) or "nothing compiled"],
         [
             "Time",
-            f"{format_secs(totals['compile_secs'] - totals['outside_secs'])} compiling "
+            f"{format_secs(totals['inside_secs'])} compiling "
             f"cachable programs, {format_secs(totals['retrieval_secs'])} loading hits"
             f"{saved(snapshot['cachable'])}",
         ],

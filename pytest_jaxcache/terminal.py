@@ -77,7 +77,7 @@ def quiet_line(snapshot: Snapshot) -> str:
     outside = compiled_outside(totals)
     return (
         f"jax cache: {lookups_hit(snapshot)}, "
-        f"{format_secs(totals['compile_secs'] - totals['outside_secs'])} compiling"
+        f"{format_secs(totals['inside_secs'])} compiling"
         f"{saved(snapshot['cachable'])}{'; ' + outside if outside else ''} - "
         f"{snapshot['cache']['dir']}"
     )

@@ -83,6 +83,8 @@ def check(snapshot: Mapping[str, Any], output: Sequence[str] = ()) -> None:
         _require(section["requests"] == section["programs"] - section["uncached"], "requests")
         outside = section["uncachable"] + section["unwritten"] + section["uncached"]
         _require(section["outside"] == outside, "outside")
+        inside = section["compile_secs"] - section["outside_secs"]
+        _require(_close(section["inside_secs"], inside), "inside_secs")
         rate = section["hit_rate"]
         if section["lookups"]:
             _require(_close(rate, section["hits"] / section["lookups"]), "hit rate")

@@ -27,7 +27,12 @@ from pytest_jaxcache import settings as options
 from pytest_jaxcache.bookkeeping import Bookkeeping
 from pytest_jaxcache.cachedir import CacheDir, OddFile
 from pytest_jaxcache.entry import Metadata, Refused
-from pytest_jaxcache.remote import MANIFEST_SESSIONS, MAX_MANIFEST_NAMES, parse_manifest
+from pytest_jaxcache.remote import (
+    MANIFEST_SESSIONS,
+    MAX_MANIFEST_NAMES,
+    parse_listing,
+    parse_manifest,
+)
 from pytest_jaxcache.store import Store
 from pytest_jaxcache.trust import Signer, TrustError, signer_from
 
@@ -114,6 +119,43 @@ def test_a_manifest_of_anything_gives_entry_names_only(data: bytes) -> None:
         assert all(len(names) <= MAX_MANIFEST_NAMES for names in sessions)
         assert all(layout.is_entry_name(name) for names in sessions for name in names)
         assert isinstance(ignored, str)
+
+
+listing_items = (
+    st.dictionaries(
+        st.sampled_from(["name", "size", "type"]),
+        names | st.integers() | st.none() | st.booleans() | st.sampled_from(["file", "directory"]),
+        max_size=3,
+    )
+    | json_values
+)
+
+
+@given(st.lists(listing_items, max_size=20))
+def test_a_listing_of_anything_gives_entry_names_and_sizes_only(found: list[object]) -> None:
+    """A bucket's listing is outside input: what is used is entry names with sizes that
+    are plain non-negative integers; every other item is counted, none is dropped
+    silently (but the expected manifests folder)."""
+    listed, foreign = parse_listing(found)
+    assert all(layout.is_entry_name(name) for name in listed)
+    assert all(type(size) is int and size >= 0 for size in listed.values())
+    base = [
+        str(item.get("name", "")).rsplit("/", 1)[-1] if isinstance(item, dict) else ""
+        for item in found
+    ]
+    valid = [
+        isinstance(item, dict)
+        and layout.is_entry_name(name)
+        and type(item.get("size")) is int
+        and item["size"] >= 0
+        for item, name in zip(found, base, strict=True)
+    ]
+    folders = sum(
+        isinstance(item, dict) and item.get("type") == "directory" and name == "manifests"
+        for item, name in zip(found, base, strict=True)
+    )
+    assert set(listed) == {name for name, ok in zip(base, valid, strict=True) if ok}
+    assert foreign == len(found) - folders - sum(valid)
 
 
 @given(names)
