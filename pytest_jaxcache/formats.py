@@ -17,8 +17,23 @@ def format_size(num_bytes: int) -> str:
 
 
 def format_secs(seconds: float) -> str:
-    """``1.234`` -> ``"1.23s"``."""
+    """``1.234`` -> ``"1.23s"``: every figure of seconds in the report."""
     return f"{seconds:.2f}s"
+
+
+def format_duration(secs: float) -> str:
+    """A duration as a clock would say it, for the timeline's labels and tooltips, where
+    one test takes milliseconds and a session an hour: "0.042s", "12.3s", "4:05.2",
+    "1:02:30"."""
+    if secs < 10:
+        return f"{secs:.3f}s"
+    if secs < 60:
+        return f"{secs:.1f}s"
+    minutes, rest = divmod(secs, 60)
+    if minutes < 60:
+        return f"{int(minutes)}:{rest:04.1f}"
+    hours, minutes = divmod(minutes, 60)
+    return f"{int(hours)}:{int(minutes):02d}:{int(rest):02d}"
 
 
 def format_rate(rate: float | None) -> str:

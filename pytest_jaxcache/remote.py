@@ -43,6 +43,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from pytest_jaxcache.cachedir import CacheDir
+from pytest_jaxcache.formats import format_secs
 from pytest_jaxcache.layout import LOCKS, REMOTE_OFF, is_entry_name
 from pytest_jaxcache.stats import RemoteStats
 from pytest_jaxcache.trust import Signer, key_id
@@ -282,7 +283,7 @@ class Remote:
         with self._lock:
             self.stats.io_secs += time.perf_counter() - started
         if not finished:
-            raise _Stalled(f"no answer within {deadlines * self.timeout:g} s")
+            raise _Stalled(f"no answer within {format_secs(deadlines * self.timeout)}")
         if "error" in box:
             raise box["error"]
         return box["value"]
@@ -343,7 +344,7 @@ class Remote:
             if time.monotonic() >= deadline:
                 raise self._off(
                     f"cannot reach {self.url}: not connected within "
-                    f"{CONNECT_LIMIT_SECS + self.timeout:g} s: remote off for the rest of "
+                    f"{format_secs(CONNECT_LIMIT_SECS + self.timeout)}: remote off for the rest of "
                     "the session"
                 )
         if self._fs is None or not self.on:

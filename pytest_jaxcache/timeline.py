@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from html import escape
 from typing import Any
 
+from pytest_jaxcache.formats import format_duration, format_secs
+
 __all__ = [
     "DATA_ELEMENT_ID",
     "Bar",
@@ -192,19 +194,6 @@ def _json_for_script(value: object) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _duration(secs: float) -> str:
-    """A human duration for labels and tooltips: "0.042 s", "12.3 s", "4:05.2"."""
-    if secs < 10:
-        return f"{secs:.3f} s"
-    if secs < 60:
-        return f"{secs:.1f} s"
-    minutes, rest = divmod(secs, 60)
-    if minutes < 60:
-        return f"{int(minutes)}:{rest:04.1f}"
-    hours, minutes = divmod(minutes, 60)
-    return f"{int(hours)}:{int(minutes):02d}:{int(rest):02d}"
-
-
 def _tick_label(secs: float, step: float, clock: bool) -> str:
     """An axis label: "2.5s" on short sessions, "12:30" (or "1:02:30") past a minute."""
     if not clock:
@@ -271,7 +260,7 @@ _SCRIPT = """\
 var tip=document.getElementById("tip"),svg=document.querySelector("svg.tl");
 if(!tip||!svg)return;
 function n(v){var x=parseFloat(v);return isFinite(x)&&x>0?x:0;}
-function s(x){return x.toFixed(3)+" s";}
+function s(x){return x.toFixed(3)+"s";}
 function hide(){tip.hidden=true;}
 svg.addEventListener("mousemove",function(e){
 var t=e.target,g=t&&t.closest?t.closest("g.b"):null;
@@ -314,9 +303,9 @@ def _bar_markup(bar: Bar, x0: float, px_per_sec: float) -> str:
     elif bar.outcome == "skipped":
         classes += " skipped"
     title = (
-        f"{bar.nodeid}\n{bar.outcome} on {bar.lane}, start +{_duration(bar.start)}\n"
-        f"wall {_duration(bar.wall)} = compile {_duration(bar.compile_secs)}"
-        f" + load {_duration(bar.load_secs)} + run {_duration(bar.run_secs)}"
+        f"{bar.nodeid}\n{bar.outcome} on {bar.lane}, start +{format_duration(bar.start)}\n"
+        f"wall {format_duration(bar.wall)} = compile {format_duration(bar.compile_secs)}"
+        f" + load {format_duration(bar.load_secs)} + run {format_duration(bar.run_secs)}"
     )
     parts = [
         f'<g class="{classes}" data-nodeid="{_attr(bar.nodeid)}" data-lane="{_attr(bar.lane)}"'
@@ -432,10 +421,10 @@ def html(bars: Sequence[Bar], *, title: str) -> str:
     failed = sum(bar.outcome in ("failed", "error") for bar in shown)
     summary = (
         f"{len(shown)} test{'s' if len(shown) != 1 else ''} on {lanes}"
-        f" lane{'s' if lanes != 1 else ''} over {_duration(span)}:"
-        f" compiling {_duration(math.fsum(bar.compile_secs for bar in shown))},"
-        f" loading from the cache {_duration(math.fsum(bar.load_secs for bar in shown))},"
-        f" running {_duration(math.fsum(bar.run_secs for bar in shown))}"
+        f" lane{'s' if lanes != 1 else ''} over {format_duration(span)}:"
+        f" compiling {format_duration(math.fsum(bar.compile_secs for bar in shown))},"
+        f" loading from the cache {format_duration(math.fsum(bar.load_secs for bar in shown))},"
+        f" running {format_duration(math.fsum(bar.run_secs for bar in shown))}"
         + (f"; {failed} failed or errored" if failed else "")
         + "."
     )
@@ -508,10 +497,6 @@ def _mermaid_text(text: str, limit: int) -> str:
     return escaped
 
 
-def _short(secs: float) -> str:
-    return f"{secs:.1f}s" if secs < 100 else f"{secs:.0f}s"
-
-
 def mermaid(bars: Sequence[Bar], *, max_bars: int = 40) -> str:
     """The ``max_bars`` longest tests as a fenced Mermaid gantt chart (```mermaid ... ```).
 
@@ -552,11 +537,11 @@ def mermaid(bars: Sequence[Bar], *, max_bars: int = 40) -> str:
         if bar.lane != lane:
             lane = bar.lane
             lines.append(f"    section {_mermaid_text(lane, 40)}")
-        details = [_short(bar.wall)]
+        details = [format_secs(bar.wall)]
         if bar.compile_secs > 0:
-            details.append(f"compile {_short(bar.compile_secs)}")
+            details.append(f"compile {format_secs(bar.compile_secs)}")
         if bar.load_secs > 0:
-            details.append(f"load {_short(bar.load_secs)}")
+            details.append(f"load {format_secs(bar.load_secs)}")
         name = _mermaid_text(bar.nodeid, _MERMAID_NAME)
         label = f"{name} ({', '.join(details)})"
         if bar.outcome in ("failed", "error"):

@@ -213,7 +213,7 @@ def test_a_stalled_remote_costs_each_process_one_call_at_most(tmp_path: Path, s3
         )
     result.assert_outcomes(passed=3)
     off = report["remote"]["off"]
-    assert off is not None and "no answer within 5 s" in off, report["remote"]
+    assert off is not None and "no answer within 5.00s" in off, report["remote"]
     assert any(f"remote {url} turned off: {off}" in line for line in result.outlines)
     processes = 3  # the controller and two workers
     assert len(proxy.stalled) <= processes, proxy.stalled

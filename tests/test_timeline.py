@@ -475,11 +475,11 @@ def test_mermaid_escapes_what_breaks_gantt_syntax() -> None:
         "    todayMarker off",
         "    %% crit: failed or error, active: compiled, done: only loaded from the cache",
         "    section gw0",
-        "    tests/a.py#58;#58;test[x#58;y#59;z#35;1#37;#37;#123;init#125;] (2.0s, compile 1.0s)"
+        "    tests/a.py#58;#58;test[x#58;y#59;z#35;1#37;#37;#123;init#125;] (2.00s, compile 1.00s)"
         " :active, 1500, 3500",
-        "    #115;ection two lines (1.0s, load 1.0s) :done, 4000, 5000",
+        "    #115;ection two lines (1.00s, load 1.00s) :done, 4000, 5000",
         "    section gw1#58; bad#59;#35;",
-        "    #84;itle case (3.0s) :crit, 0, 3000",
+        "    #84;itle case (3.00s) :crit, 0, 3000",
     ]
 
 
@@ -555,7 +555,7 @@ def test_mermaid_task_names_decode_to_the_node_id(nodeid: str) -> None:
     match = TASK.match(mermaid_lines(chart)[-1])
     assert match
     shown = ENTITY.sub(lambda m: chr(int(m.group(1))), match.group("name"))
-    shown = shown.removesuffix(" (1.0s)")
+    shown = shown.removesuffix(" (1.00s)")
     expected = " ".join(sanitise(Bar("gw0", nodeid, 0, 0, 0, 0, "")).nodeid.split())
     if len(expected) > 60:
         expected = "\u2026" + expected[-59:]
@@ -967,7 +967,7 @@ def test_browser_draws_what_the_json_says(tmp_path: Path, open_page: Any) -> Non
     nodeid = measured["data"][widest]["nodeid"]
     assert tip[0] is False
     assert tip[1].startswith(nodeid + "\n")
-    assert "wall 4.000 s = compile 4.000 s + load 0.000 s + run 0.000 s" in tip[1]
+    assert "wall 4.000s = compile 4.000s + load 0.000s + run 0.000s" in tip[1]
     page.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": 2, "y": 2})
     assert page.problems() == []
 
