@@ -148,6 +148,10 @@ def run_session(
     extra = (f"--jax-cache-report={path}",) if report else ()
     argv = [*prefix, *pytest_argv(*extra, *args, python=python)]
     result = run_command(argv, cwd, env=env, timeout=timeout)
+    # An internal error is never what a test expects: fail with its whole traceback (a
+    # test's own assertion would show a truncated line of it, or none).
+    internal = [line for line in result.outlines if line.startswith("INTERNALERROR>")]
+    assert not internal, "the child session ended in an internal error:\n" + "\n".join(internal)
     data = json.loads(path.read_text()) if path.exists() else {}
     if data:
         check_invariants(data, result.outlines)
