@@ -93,6 +93,10 @@ class _Stalled(Exception):
     """A call did not finish within its deadline."""
 
 
+class _CallFailed(Exception):
+    """A call ended in a BaseException that is not an Exception (a cancelled task)."""
+
+
 def parse_listing(found: list[Any]) -> tuple[dict[str, int], int]:
     """A namespace's listing (``fs.ls(..., detail=True)``: outside input) as entry names
     and their sizes, and how many items were anything else (counted, never used; the
@@ -284,8 +288,13 @@ class Remote:
             self.stats.io_secs += time.perf_counter() - started
         if not finished:
             raise _Stalled(f"no answer within {format_secs(deadlines * self.timeout)}")
-        if "error" in box:
-            raise box["error"]
+        error = box.get("error")
+        if isinstance(error, Exception):
+            raise error
+        if error is not None:  # asyncio.CancelledError from an async client, and its kin:
+            # a BaseException, which every caller's ``except Exception`` would let through
+            # into pytest (an internal error); it is a failed call like any other.
+            raise _CallFailed(f"{type(error).__name__}: {error}") from error
         return box["value"]
 
     def _failed(self, what: str, error: BaseException) -> None:

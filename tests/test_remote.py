@@ -5,6 +5,7 @@ sharing one bucket prefix."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -24,6 +25,7 @@ from helpers import (
 )
 
 from pytest_jaxcache.entry import decode
+from pytest_jaxcache.remote import Remote
 from pytest_jaxcache.trust import Signer
 
 pytestmark = pytest.mark.slow
@@ -346,3 +348,20 @@ def test_an_entry_tampered_with_in_the_bucket_is_refused_and_replaced(
     namespace, name = victim.split("/")
     assert replaced != bytes(tampered)
     assert decode(name, replaced, signer=Signer(), machine=namespace).payload
+
+
+@pytest.mark.parametrize("raised", [asyncio.CancelledError(), GeneratorExit(), OSError("reset")])
+def test_whatever_a_client_call_raises_is_a_failed_call(raised: BaseException) -> None:
+    """A call of the client library runs on a thread of its own; what it raises comes
+    back as an ``Exception`` (a cancelled task of an async client is a BaseException,
+    which the callers' ``except Exception`` would let escape into pytest): counted as
+    a failed operation, never raised out of a lookup."""
+    remote = Remote("s3://bucket", timeout_secs=5.0, readonly=False, max_object_bytes=2**20)
+
+    def call() -> None:
+        raise raised
+
+    with pytest.raises(Exception) as caught:  # a BaseException would not be caught here
+        remote._timed(call)
+    wrapped = not isinstance(raised, Exception)
+    assert (caught.value.__cause__ if wrapped else caught.value) is raised
