@@ -118,6 +118,45 @@ def parse_listing(found: list[Any]) -> tuple[dict[str, int], int]:
     return names, foreign
 
 
+# Who "anyone" is in a bucket's access control, and what lets them write.
+_S3_ANYONE = {
+    "http://acs.amazonaws.com/groups/global/AllUsers": "everyone",
+    "http://acs.amazonaws.com/groups/global/AuthenticatedUsers": "every AWS account",
+}
+_S3_WRITES = ("WRITE", "FULL_CONTROL")
+_GCS_ANYONE = {"allUsers": "everyone", "allAuthenticatedUsers": "every Google account"}
+_GCS_WRITES = (
+    "roles/storage.admin",
+    "roles/storage.objectAdmin",
+    "roles/storage.objectCreator",
+    "roles/storage.objectUser",
+    "roles/storage.legacyBucketOwner",
+    "roles/storage.legacyBucketWriter",
+)
+
+
+def public_writers(protocol: str, answer: object) -> str | None:
+    """Who besides its owners may write a bucket, read off its access control (S3's
+    ``GetBucketAcl``, Cloud Storage's IAM policy: outside input); ``None``: nobody we
+    can tell of."""
+    found: set[str] = set()
+    if protocol in ("s3", "s3a") and isinstance(answer, dict):
+        for grant in answer.get("Grants") or []:
+            grantee = grant.get("Grantee") if isinstance(grant, dict) else None
+            uri = grantee.get("URI") if isinstance(grantee, dict) else None
+            if uri in _S3_ANYONE and grant.get("Permission") in _S3_WRITES:
+                found.add(_S3_ANYONE[uri])
+    elif protocol in ("gs", "gcs") and isinstance(answer, dict):
+        for binding in answer.get("bindings") or []:
+            if not isinstance(binding, dict) or binding.get("role") not in _GCS_WRITES:
+                continue
+            members = binding.get("members")
+            for member in members if isinstance(members, list) else []:
+                if member in _GCS_ANYONE:
+                    found.add(_GCS_ANYONE[member])
+    return " and ".join(sorted(found)) or None
+
+
 def _short(error: BaseException) -> str:
     if isinstance(error, _Stalled):
         return str(error)
@@ -332,6 +371,32 @@ class Remote:
 
         threading.Thread(target=connect, name="jaxcache-connect", daemon=True).start()
 
+    def _warn_if_anyone_writes(self, fs: Any, protocol: str, bucket: str) -> None:
+        """A note when the bucket's access control lets anyone write it (where the
+        client may ask: without the permission, or on an emulator, nothing is said).
+        With a signing key, signatures decide what loads, not who may write. Part of
+        connecting: a stall here is the remote's first, and turns it off."""
+        if self.signer.signs:
+            return
+        try:
+            if protocol in ("s3", "s3a"):
+                answer = self._timed(fs.call_s3, "get_bucket_acl", Bucket=bucket)
+            elif protocol in ("gs", "gcs"):
+                answer = self._timed(fs.call, "GET", "b/{}/iam", bucket, json_out=True)
+            else:
+                return
+        except _Stalled as error:
+            raise self._off(f"cannot reach {self.url}: {_short(error)}") from None
+        except Exception:  # not allowed to ask, or not served: we cannot tell, and say nothing
+            return
+        anyone = public_writers(protocol, answer)
+        if anyone is not None:
+            self.stats.note(
+                f"the bucket {bucket} can be written by {anyone}: they can put programs "
+                "your tests will run; make it private, or set JAX_CACHE_SIGNING_KEY in the "
+                "jobs you trust"
+            )
+
     def _filesystem(self) -> tuple[Any, str]:
         """The fsspec filesystem and the root path; waits for the connection (the probe
         of the bucket has its deadline; importing the library does not); raises
@@ -404,6 +469,7 @@ class Remote:
             raise self._off(f"the bucket {bucket!r} of {self.url} does not exist") from None
         except Exception as error:  # any client error: the remote is unusable, say why
             raise self._off(f"cannot reach {self.url}: {_short(error)}") from None
+        self._warn_if_anyone_writes(fs, protocol, bucket)
         return fs, root.rstrip("/")
 
     def _path(self, machine: str, name: str) -> str:
@@ -682,6 +748,8 @@ class Remote:
         session produced or verified (``verified``). An empty ``machine`` only flushes."""
         if self._finished is not None:
             return self._finished
+        if self._connect_started:  # what connecting found is part of the figures
+            self._connected.wait(CONNECT_LIMIT_SECS + self.timeout)
         self._flush(3 * self.timeout)
         if machine and not self.readonly and self.on:
             self._write_manifest(machine, session, set(used), set(verified) | set(used))

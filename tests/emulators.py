@@ -270,6 +270,13 @@ elif sys.argv[2] == "zeros":
     fs.pipe_file(f"{root}/{sys.argv[3]}", bytes(int(sys.argv[4])))
 elif sys.argv[2] == "remove":
     fs.rm_file(f"{root}/{sys.argv[3]}")
+elif sys.argv[2] == "anyone-writes":  # S3: a grant of WRITE to every user
+    bucket = root.split("/", 1)[0]
+    owner = fs.call_s3("get_bucket_acl", Bucket=bucket)["Owner"]
+    anyone = {"Type": "Group", "URI": "http://acs.amazonaws.com/groups/global/AllUsers"}
+    grants = [{"Grantee": anyone, "Permission": "WRITE"}]
+    policy = {"Owner": owner, "Grants": grants}
+    fs.call_s3("put_bucket_acl", Bucket=bucket, AccessControlPolicy=policy)
 else:
     fs.pipe_file(f"{root}/{sys.argv[3]}", base64.b64decode(sys.stdin.read()))
 """
@@ -312,3 +319,13 @@ def put_zeros(emulator: Emulator, url: str, path: str, size: int) -> None:
 
 def remove_object(emulator: Emulator, url: str, path: str) -> None:
     _bucket_tool(emulator, url, "remove", path)
+
+
+def new_bucket(emulator: Emulator, name: str, *, anyone_writes: bool = False) -> str:
+    """Another bucket on an S3 emulator (one whose access control a test changes);
+    returns its URL."""
+    _request(f"{emulator.endpoint}/{name}", "PUT")
+    url = f"s3://{name}/t"
+    if anyone_writes:
+        _bucket_tool(emulator, url, "anyone-writes")
+    return url

@@ -32,6 +32,7 @@ from pytest_jaxcache.remote import (
     MAX_MANIFEST_NAMES,
     parse_listing,
     parse_manifest,
+    public_writers,
 )
 from pytest_jaxcache.store import Store
 from pytest_jaxcache.trust import Signer, TrustError, signer_from
@@ -156,6 +157,28 @@ def test_a_listing_of_anything_gives_entry_names_and_sizes_only(found: list[obje
     )
     assert set(listed) == {name for name, ok in zip(base, valid, strict=True) if ok}
     assert foreign == len(found) - folders - sum(valid)
+
+
+@given(st.sampled_from(["s3", "gs", "memory"]), json_values)
+def test_access_control_of_any_shape_names_known_writers_or_none(
+    protocol: str, answer: object
+) -> None:
+    """A bucket's access control is outside input: read without a crash, it names only
+    "everyone" or "every ... account", never text taken from the answer."""
+    said = public_writers(protocol, answer)
+    words = {"everyone", "every AWS account", "every Google account"}
+    assert said is None or set(said.split(" and ")) <= words
+
+
+def test_access_control_that_lets_anyone_write_is_told_apart() -> None:
+    anyone = {"Type": "Group", "URI": "http://acs.amazonaws.com/groups/global/AllUsers"}
+    s3 = {"Grants": [{"Grantee": anyone, "Permission": "WRITE"}]}
+    assert public_writers("s3", s3) == "everyone"
+    assert public_writers("s3", {"Grants": [{"Grantee": anyone, "Permission": "READ"}]}) is None
+    gcs = {"bindings": [{"role": "roles/storage.objectCreator", "members": ["allUsers"]}]}
+    assert public_writers("gs", gcs) == "everyone"
+    viewer = {"bindings": [{"role": "roles/storage.objectViewer", "members": ["allUsers"]}]}
+    assert public_writers("gs", viewer) is None
 
 
 @given(names)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from emulators import (
     Emulator,
+    new_bucket,
     object_sizes,
     objects,
     put_object,
@@ -218,3 +219,29 @@ def test_a_stalled_remote_costs_each_process_one_call_at_most(tmp_path: Path, s3
     processes = 3  # the controller and two workers
     assert len(proxy.stalled) <= processes, proxy.stalled
     assert len(list((tmp_path / "cache" / "locks").glob("remote-*.off"))) == 1
+
+
+def test_a_bucket_anyone_can_write_is_said_once_unless_entries_are_signed(
+    tmp_path: Path, s3: Emulator
+) -> None:
+    """Where the client can read the bucket's access control: a grant of writing to
+    everyone is one notice (anyone can put programs the tests run); with a signing key
+    it is not said (signatures decide what loads); a private bucket says nothing."""
+    public = new_bucket(s3, "anyone-writes", anyone_writes=True)
+    private = new_bucket(s3, "only-its-owner")
+    warning = "the bucket anyone-writes can be written by everyone"
+    said = {}
+    for name, url, env in (
+        ("public", public, {}),
+        ("signed", public, {"JAX_CACHE_SIGNING_KEY": KEY}),
+        ("private", private, {}),
+    ):
+        checkout = tmp_path / name
+        write_files(checkout, SUITE)
+        result, report = run(checkout, url, s3, **env)
+        result.assert_outcomes(passed=3)
+        assert report["remote"]["off"] is None, report["remote"]
+        notices = [line for line in result.outlines if line.startswith("notice: remote: ")]
+        said[name] = sum(warning in line for line in notices)
+        assert said[name] == sum(warning in error for error in report["remote"]["errors"])
+    assert said == {"public": 1, "signed": 0, "private": 0}
