@@ -107,9 +107,10 @@ _FAILED = re.compile(r"^FAILED (\S+)", re.MULTILINE)
 _CRASHED = re.compile(r"worker '(gw\d+)' crashed while running '(\S+)'")
 # A worker killed while execnet was still starting it: xdist's own internal error,
 # caused by the kill. Seed 4229149717 killed one while execnet read its first bytes, seed
-# 865629175 while xdist asked it for its platform (setup_nodes: the channel was closed).
+# 865629175 while xdist asked it for its platform (setup_nodes: the channel was closed),
+# seed 3347500810 while execnet read the header of that answer.
 _KILLED_AT_BOOTSTRAP = re.compile(
-    r"^INTERNALERROR> (EOFError: expected \d+ bytes, got 0"
+    r"^INTERNALERROR> (EOFError: (couldn't load message header, )?expected \d+ bytes, got 0"
     r"|OSError: connection already closed: <Gateway id='gw\d+')",
     re.M,
 )
@@ -158,13 +159,25 @@ INTERNALERROR> OSError: connection already closed: <Gateway id='gw0' not-receivi
 """
 
 
-@pytest.mark.parametrize("output", [BOOTSTRAP_KILL, SETUP_KILL], ids=["read", "setup"])
+HEADER_KILL = """\
+INTERNALERROR>   File "xdist/workermanage.py", line 331, in setup
+INTERNALERROR>     self.gateway._rinfo()
+INTERNALERROR>   File "execnet/gateway_base.py", line 571, in from_io
+INTERNALERROR>     raise EOFError("couldn't load message header, " + e.args[0]) from None
+INTERNALERROR> EOFError: couldn't load message header, expected 9 bytes, got 0
+"""
+
+
+@pytest.mark.parametrize(
+    "output", [BOOTSTRAP_KILL, SETUP_KILL, HEADER_KILL], ids=["read", "setup", "header"]
+)
 @pytest.mark.parametrize("fate, explained", [("worker", True), ("none", False), ("session", False)])
 def test_a_worker_killed_at_bootstrap_is_explained_by_its_kill(
     output: str, fate: str, explained: bool
 ) -> None:
-    """The flakes of seeds 4229149717 and 865629175: a worker SIGKILLed while execnet was
-    starting it, or while xdist set it up, ends the session in xdist's internal error.
+    """The flakes of seeds 4229149717, 865629175 and 3347500810: a worker SIGKILLed while
+    execnet was starting it, or while xdist set it up, ends the session in xdist's
+    internal error.
     Explained when the soak killed a worker; unexplained otherwise."""
     found = unexplained(int(pytest.ExitCode.INTERNAL_ERROR), output, fate)
     assert (found == []) == explained, found
