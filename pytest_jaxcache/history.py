@@ -110,13 +110,18 @@ def within_caps(data: bytes) -> bool:
     return len(data) <= MAX_BYTES and data.count(b",") + data.count(b":") <= MAX_ITEMS
 
 
-def _secs(value: object) -> float:
+def _bounded(value: object, most: float) -> float:
+    """``value`` if it is a number from 0 to ``most`` (ValueError if not)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("not a number")
     number = float(value)
-    if not (math.isfinite(number) and 0 <= number <= MAX_SECS):
+    if not (math.isfinite(number) and 0 <= number <= most):
         raise ValueError("out of bounds")
     return number
+
+
+def _secs(value: object) -> float:
+    return _bounded(value, MAX_SECS)
 
 
 def parse(data: bytes) -> History:
@@ -163,17 +168,8 @@ def _cost(nodeid: object, record: object) -> TestCost:
         load_secs=_secs(record.get("load", 0.0)),
         programs=tuple(name for name in names if is_entry_name(name)),
         errors=record.get("errors") is True,
-        at=_time(record.get("at", 0.0)),
+        at=_bounded(record.get("at", 0.0), MAX_TIME),
     )
-
-
-def _time(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError("not a number")
-    number = float(value)
-    if not (math.isfinite(number) and 0 <= number <= MAX_TIME):
-        raise ValueError("out of bounds")
-    return number
 
 
 def load(directory: CacheDir) -> History:

@@ -149,6 +149,17 @@ def test_with_a_signing_key_an_unsigned_manifest_is_ignored(tmp_path: Path, s3: 
     assert report["cachable"]["hits"] == 3  # signed entries still verify, one by one
 
 
+def an_entry_replaced_by_zeros(root: Path, url: str, emulator: Emulator) -> tuple[Path, str]:
+    """Machine A fills the bucket; one entry's object becomes 64 MB of zeros. Returns
+    machine B's checkout (the suite, no cache) and the replaced object's path."""
+    first_machine(root, url, emulator)
+    victim = sorted(path for path in object_sizes(emulator, url) if "/manifests/" not in path)[0]
+    put_zeros(emulator, url, victim, 64 * 2**20)
+    checkout = root / "b"
+    write_files(checkout, SUITE)
+    return checkout, victim
+
+
 def test_an_object_too_large_to_be_its_entry_is_never_downloaded_whole(
     tmp_path: Path, s3: Emulator
 ) -> None:
@@ -156,11 +167,7 @@ def test_an_object_too_large_to_be_its_entry_is_never_downloaded_whole(
     entry, so the rest never comes down; the program is compiled and the object
     replaced by the real entry."""
     url = s3.url("large")
-    first_machine(tmp_path, url, s3)
-    victim = sorted(path for path in object_sizes(s3, url) if "/manifests/" not in path)[0]
-    put_zeros(s3, url, victim, 64 * 2**20)
-    checkout = tmp_path / "b"
-    write_files(checkout, SUITE)
+    checkout, victim = an_entry_replaced_by_zeros(tmp_path, url, s3)
     result, report = run(checkout, url, s3, "--jax-cache-prefetch=false")
     result.assert_outcomes(passed=3)
     remote = report["remote"]
@@ -176,11 +183,7 @@ def test_without_a_listing_an_object_is_judged_by_its_size_before_it_comes(
     (no size is known), and each lookup asks its object's size first, so a 64 MB object
     in place of an entry is judged by its head and never downloaded whole."""
     url = s3.url("unlisted")
-    first_machine(tmp_path, url, s3)
-    victim = sorted(path for path in object_sizes(s3, url) if "/manifests/" not in path)[0]
-    put_zeros(s3, url, victim, 64 * 2**20)
-    checkout = tmp_path / "b"
-    write_files(checkout, SUITE)
+    checkout, _ = an_entry_replaced_by_zeros(tmp_path, url, s3)
 
     def lists(method: str, path: str) -> bool:
         return method == "GET" and "list-type=" in path
