@@ -385,9 +385,9 @@ class Remote:
                 answer = self._timed(fs.call, "GET", "b/{}/iam", bucket, json_out=True)
             else:
                 return
-        except _Stalled as error:
-            raise self._off(f"cannot reach {self.url}: {_short(error)}") from None
-        except Exception:  # not allowed to ask, or not served: we cannot tell, and say nothing
+        except Exception as error:  # not allowed to ask, or not served: we cannot tell
+            if _is_stall(error):  # ours or the client's own read timeout, whichever came first
+                raise self._off(f"cannot reach {self.url}: {_short(error)}") from None
             return
         anyone = public_writers(protocol, answer)
         if anyone is not None:
