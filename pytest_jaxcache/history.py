@@ -210,6 +210,7 @@ def of_session(
     """A session's history from its snapshot's ``tests`` and ``compiles``, recorded at
     ``at`` (a program that was a hit keeps the compile time an earlier session
     recorded)."""
+    at = min(max(at, 0.0), MAX_TIME)
     used: dict[str, list[str]] = {}
     programs: dict[str, float] = {}
     for record in compiles:
@@ -240,6 +241,6 @@ def of_session(
             load_secs=min(load_secs, MAX_SECS),
             programs=tuple(used.get(nodeid, ())),
             errors=isinstance(markers, list) and ERRORS in markers,
-            at=min(max(at, 0.0), MAX_TIME),
+            at=at,
         )
     return History(costs, programs)

@@ -55,18 +55,6 @@ RECORD_NAME = re.compile(r"[0-9a-f]{16}\.json")
 # A temporary file: "<up to 150 characters of the target>.<pid>.<8 hex>.tmp".
 TEMPORARY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,149}\.\d{1,10}\.[0-9a-f]{8}\.tmp")
 LOCK_NAME = re.compile(ENTRY_NAME.pattern + r"\.lock")
-
-
-def temporary_name(target: str, pid: int, token: str) -> str:
-    """The temporary file through which ``target`` is written (``token``: 8 hex digits):
-    always a name of :data:`TEMPORARY`, so that one a killed process left is known as
-    ours and cleaned up, never taken for someone else's file (``.gitignore`` would
-    otherwise give a name starting with a dot)."""
-    stem = target.lstrip(".")[:150]
-    name = f"{stem}.{pid}.{token}.tmp"
-    return name if TEMPORARY.fullmatch(name) else f"file.{pid}.{token}.tmp"
-
-
 MARKER_NAME = re.compile(ENTRY_NAME.pattern + r"\.nocache")
 REMOTE_OFF = re.compile(r"remote-[0-9a-f]{16}\.off")  # "the remote is off for this session"
 # Files of JAX's own file store, and what XLA's caches keep in the directory.
@@ -100,6 +88,16 @@ def lock_name(entry: str) -> str:
 
 def marker_name(entry: str) -> str:
     return f"{entry}.nocache"
+
+
+def temporary_name(target: str, pid: int, token: str) -> str:
+    """The temporary file through which ``target`` is written (``token``: 8 hex digits):
+    always a name of :data:`TEMPORARY`, so that one a killed process left is known as
+    ours and cleaned up, never taken for someone else's file (``.gitignore`` would
+    otherwise give a name starting with a dot)."""
+    stem = target.lstrip(".")[:150]
+    name = f"{stem}.{pid}.{token}.tmp"
+    return name if TEMPORARY.fullmatch(name) else f"file.{pid}.{token}.tmp"
 
 
 def record_name(record_id: str) -> str:

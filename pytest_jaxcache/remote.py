@@ -97,6 +97,12 @@ class _CallFailed(Exception):
     """A call ended in a BaseException that is not an Exception (a cancelled task)."""
 
 
+def _object_size(value: object) -> int | None:
+    """An object's size as a bucket states it (outside input): a plain non-negative
+    integer, or ``None``."""
+    return value if type(value) is int and value >= 0 else None
+
+
 def parse_listing(found: list[Any]) -> tuple[dict[str, int], int]:
     """A namespace's listing (``fs.ls(..., detail=True)``: outside input) as entry names
     and their sizes, and how many items were anything else (counted, never used; the
@@ -108,10 +114,10 @@ def parse_listing(found: list[Any]) -> tuple[dict[str, int], int]:
             foreign += 1
             continue
         name = str(item.get("name", "")).rsplit("/", 1)[-1]
-        size = item.get("size")
+        size = _object_size(item.get("size"))
         if item.get("type") == "directory" and name == "manifests":
             continue
-        if not is_entry_name(name) or type(size) is not int or size < 0:
+        if not is_entry_name(name) or size is None:
             foreign += 1
             continue
         names[name] = size
@@ -545,8 +551,8 @@ class Remote:
         that nothing is downloaded before its size is known). ``FileNotFoundError``
         when there is none; an answer without a size reads as too large."""
         info = self._timed(fs.info, self._path(machine, name))
-        size = info.get("size") if isinstance(info, dict) else None
-        return size if isinstance(size, int) and not isinstance(size, bool) else sys.maxsize
+        size = _object_size(info.get("size")) if isinstance(info, dict) else None
+        return sys.maxsize if size is None else size
 
     def _plausible(self, fs: Any, machine: str, name: str, size: int, check: HeadCheck) -> bool:
         """Whether an object of its listed ``size`` may be an entry: within the entry
